@@ -1,0 +1,37 @@
+//! An action a tenant offers for bulk uploads (`assignActionId`).
+
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What an action does to each device of an upload (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(24))")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActionKind {
+    #[sea_orm(string_value = "REGISTER")]
+    Register,
+    #[sea_orm(string_value = "ASSIGN_WORKFLOW")]
+    AssignWorkflow,
+    #[sea_orm(string_value = "EXIT_WORKFLOW")]
+    ExitWorkflow,
+    #[sea_orm(string_value = "DEREGISTER")]
+    Deregister,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "actions")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub kind: ActionKind,
+    /// The service type a REGISTER gives the device; `None` for the other kinds.
+    pub target_service_type: Option<i32>,
+    pub created_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,73 @@
+//! Database connection, migrations and demo seeding for SQLite (embedded) and PostgreSQL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use secrecy::ExposeSecret;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::config::Settings;
+
+/// Connects to `DATABASE_URL`, or to the SQLite file in the data dir.
+pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let url = match &settings.database_url {
+        Some(url) => url.expose_secret().to_owned(),
+        None => {
+            std::fs::create_dir_all(&settings.data_dir)
+                .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+            format!("sqlite://{}", settings.sqlite_path().display())
+        }
+    };
+    if url.starts_with("sqlite:") {
+        connect_sqlite(&url, settings.db_max_connections).await
+    } else {
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(settings.db_max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30))
+            .sqlx_logging(false);
+        sea_orm::Database::connect(options)
+            .await
+            .context("connecting to the database")
+    }
+}
+
+async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    // WAL lets readers proceed while one writer commits; the busy timeout makes concurrent
+    // writers queue instead of failing. NORMAL sync is durable across process crashes in WAL.
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .connect_with(options)
+        .await
+        .context("opening the SQLite database")?;
+    Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// Applies pending migrations. On PostgreSQL an advisory lock makes replicas that start
+/// together migrate one after another instead of racing.
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(7262736401)",
+        ))
+        .await?;
+        Migrator::up(&txn, None).await.context("migrating")?;
+        txn.commit().await?;
+    } else {
+        Migrator::up(db, None).await.context("migrating")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The demo data of SPEC §7, with the exact ids the README, docs and tests rely on.
+
+use chrono::Utc;
+use entity::action::{self, ActionKind};
+use entity::prelude::*;
+use entity::{tenant, workflow};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, Set, TransactionTrait};
+
+pub const DEMO: &str = "demo";
+pub const DEMO_EAST: &str = "demo-east";
+pub const ACME: &str = "acme";
+pub const PREPAID_ONBOARDING: &str = "68a5ae7a4cb9e87b88b7d344";
+pub const INVENTORY_AUDIT: &str = "68a5ae7a4cb9e87b88b7d345";
+pub const ACME_PREPAID: &str = "68a5ae7a4cb9e87b88b7d346";
+/// Service types used by the demo (numbers of the old platform).
+pub const PREPAID: i32 = 2;
+pub const INVENTORY: i32 = 6;
+
+/// Whether the database has no tenants at all (a new database).
+pub async fn is_empty(db: &impl ConnectionTrait) -> Result<bool, sea_orm::DbErr> {
+    Ok(Tenant::find().count(db).await? == 0)
+}
+
+/// Inserts whatever of the demo data is missing; running it again changes nothing.
+pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), sea_orm::DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+
+    let tenants = [
+        (DEMO, "Demo Corp", None),
+        (DEMO_EAST, "Demo Corp — East", Some(DEMO)),
+        (ACME, "Acme Devices", None),
+    ];
+    for (id, name, parent) in tenants {
+        // One at a time, parents first: the parent foreign key must hold at each insert.
+        Tenant::insert(tenant::ActiveModel {
+            id: Set(id.into()),
+            name: Set(name.into()),
+            parent_id: Set(parent.map(Into::into)),
+            created_at: Set(now),
+        })
+        .on_conflict(OnConflict::column(tenant::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&txn)
+        .await?;
+    }
+
+    let mut actions = Vec::new();
+    for (tenant, prefix) in [(DEMO, ""), (ACME, "acme-")] {
+        for (id, name, kind, target) in [
+            (
+                "register-prepaid",
+                "Register Prepaid",
+                ActionKind::Register,
+                Some(PREPAID),
+            ),
+            (
+                "assign-workflow",
+                "Assign Workflow",
+                ActionKind::AssignWorkflow,
+                None,
+            ),
+            ("exit-workflow", "Exit Workflow", ActionKind::ExitWorkflow, None),
+            ("deregister", "Deregister", ActionKind::Deregister, None),
+        ] {
+            actions.push(action::ActiveModel {
+                id: Set(format!("{prefix}{id}")),
+                tenant_id: Set(tenant.into()),
+                name: Set(name.into()),
+                kind: Set(kind),
+                target_service_type: Set(target),
+                created_at: Set(now),
+            });
+        }
+    }
+    Action::insert_many(actions)
+        .on_conflict(OnConflict::column(action::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&txn)
+        .await?;
+
+    let workflows = [
+        (PREPAID_ONBOARDING, DEMO, "Prepaid Onboarding", PREPAID),
+        (INVENTORY_AUDIT, DEMO, "Inventory Audit", INVENTORY),
+        (ACME_PREPAID, ACME, "Acme Prepaid", PREPAID),
+    ]
+    .map(|(id, tenant, name, service_type)| workflow::ActiveModel {
+        id: Set(id.into()),
+        tenant_id: Set(tenant.into()),
+        name: Set(name.into()),
+        service_type: Set(service_type),
+        created_at: Set(now),
+    });
+    Workflow::insert_many(workflows)
+        .on_conflict(OnConflict::column(workflow::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&txn)
+        .await?;
+
+    txn.commit().await
+}

@@ -1,0 +1,102 @@
+//! The API's one error type, mapped once to GraphQL errors with `extensions.code` (Apollo) and
+//! `extensions.errorType` (AppSync). Internal causes are logged here and never sent.
+
+use async_graphql::ErrorExtensions;
+
+/// Everything a resolver can answer with instead of data.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid token is required")]
+    Unauthenticated,
+    #[error("you are not allowed to do this")]
+    Forbidden,
+    #[error("the target workspace is not inside the tenant")]
+    InvalidTenant,
+    #[error("no such action in this tenant")]
+    ActionNotFound,
+    #[error("no such workflow in this tenant")]
+    WorkflowNotFound,
+    #[error("this action needs a workflowId")]
+    WorkflowRequired,
+    #[error(
+        "the workflow's service type ({workflow}) differs from the action's target service type ({action})"
+    )]
+    WorkflowServiceTypeMismatch { workflow: i32, action: i32 },
+    #[error("deviceType must be 1 (SMARTPHONE) or 2 (TABLET)")]
+    InvalidDeviceType,
+    #[error("rowCount must be between 1 and {max}")]
+    InvalidRowCount { max: u32 },
+    #[error("no such upload")]
+    UploadNotFound,
+    #[error("the file has not been uploaded yet")]
+    UploadNotUploaded,
+    #[error("{0}")]
+    BadUserInput(String),
+    /// Anything the client cannot fix; the cause goes to the log only.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The SCREAMING_SNAKE code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::InvalidTenant => "INVALID_TENANT",
+            Self::ActionNotFound => "ACTION_NOT_FOUND",
+            Self::WorkflowNotFound => "WORKFLOW_NOT_FOUND",
+            Self::WorkflowRequired => "WORKFLOW_REQUIRED",
+            Self::WorkflowServiceTypeMismatch { .. } => "WORKFLOW_SERVICE_TYPE_MISMATCH",
+            Self::InvalidDeviceType => "INVALID_DEVICE_TYPE",
+            Self::InvalidRowCount { .. } => "INVALID_ROW_COUNT",
+            Self::UploadNotFound => "UPLOAD_NOT_FOUND",
+            Self::UploadNotUploaded => "UPLOAD_NOT_UPLOADED",
+            Self::BadUserInput(_) => "BAD_USER_INPUT",
+            Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(err: crate::storage::StorageError) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        if let Self::Internal(cause) = self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let code = self.code();
+        async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+            ext.set("code", code);
+            ext.set("errorType", code);
+        })
+    }
+}
+
+/// What resolvers return: the API error already turned into a coded GraphQL error.
+pub type GqlResult<T> = async_graphql::Result<T>;
+
+/// `.gql()` on a service result: the single place an `ApiError` becomes a GraphQL error.
+pub trait IntoGql<T> {
+    fn gql(self) -> GqlResult<T>;
+}
+
+impl<T> IntoGql<T> for Result<T, ApiError> {
+    fn gql(self) -> GqlResult<T> {
+        self.map_err(|e| e.extend())
+    }
+}

@@ -1,0 +1,52 @@
+//! Who made a GraphQL request, as verified at the edge and read by resolvers.
+
+use async_graphql::Context;
+
+use crate::auth::{Identity, Verifier};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The outcome of checking a request's token; every resolver that touches data asks for
+/// an identity, so a missing or bad token fails those fields with `UNAUTHENTICATED`.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    Anonymous,
+    Invalid,
+    User(Identity),
+}
+
+impl Auth {
+    /// Verifies the token of an `Authorization` header value, if any.
+    pub async fn from_header(verifier: &Verifier, header: Option<&str>) -> Self {
+        let Some(token) = header.and_then(crate::auth::token_from_header) else {
+            return Self::Anonymous;
+        };
+        match verifier.verify(token).await {
+            Ok(identity) => Self::User(identity),
+            Err(err) => {
+                tracing::info!(reason = %err, "token refused");
+                Self::Invalid
+            }
+        }
+    }
+}
+
+/// Resolver access to the caller and the shared state.
+pub trait RequestAuth {
+    fn identity(&self) -> Result<&Identity, ApiError>;
+    fn app(&self) -> Result<&AppState, ApiError>;
+}
+
+impl RequestAuth for Context<'_> {
+    fn identity(&self) -> Result<&Identity, ApiError> {
+        match self.data_opt::<Auth>() {
+            Some(Auth::User(identity)) => Ok(identity),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    fn app(&self) -> Result<&AppState, ApiError> {
+        self.data::<AppState>()
+            .map_err(|e| ApiError::internal(anyhow::anyhow!(e.message)))
+    }
+}

@@ -1,0 +1,35 @@
+//! The GraphQL API: schema assembly from per-domain roots, AppSync scalars, auth context.
+
+mod context;
+mod scalars;
+mod types;
+mod upload_mutation;
+mod upload_query;
+
+use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
+
+pub use context::{Auth, RequestAuth};
+pub use scalars::{AwsDateTime, AwsJson};
+
+#[derive(MergedObject, Default)]
+pub struct Query(upload_query::UploadQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(upload_mutation::UploadMutation);
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The schema without runtime data: enough for its SDL.
+pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+}
+
+/// The schema of a running server.
+pub fn build_schema(state: crate::state::AppState) -> AppSchema {
+    schema_builder().data(state).finish()
+}
+
+/// The SDL that `schema.graphql` holds and `fleetload schema` prints.
+pub fn sdl() -> String {
+    schema_builder().finish().sdl()
+}

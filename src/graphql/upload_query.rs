@@ -1,0 +1,112 @@
+//! Read side of uploads: `upload`, `uploads`, `batchUploadTemplate`.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{Context, Object, SimpleObject};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::context::RequestAuth;
+use super::types::{Upload, UploadStatus};
+use crate::access;
+use crate::auth::Permission;
+use crate::domain::DeviceType;
+use crate::error::{ApiError, GqlResult, IntoGql};
+use crate::uploads;
+
+const DEFAULT_PAGE: i32 = 20;
+const MAX_PAGE: i32 = 500;
+
+#[derive(Default)]
+pub struct UploadQuery;
+
+/// Extra fields of a connection.
+#[derive(SimpleObject)]
+pub struct ConnectionTotals {
+    /// How many items match, across all pages.
+    pub total_count: i64,
+}
+
+pub type UploadConnection = Connection<String, Upload, ConnectionTotals, EmptyFields>;
+
+#[Object]
+impl UploadQuery {
+    /// One upload; null when it does not exist or is not in `tenantId`'s tree.
+    async fn upload(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: String,
+        upload_id: String,
+    ) -> GqlResult<Option<Upload>> {
+        async {
+            let app = ctx.app()?;
+            let scope = access::authorize(&app.db, ctx.identity()?, &tenant_id, Permission::Read).await?;
+            Ok(uploads::find_visible(&app.db, &scope, &upload_id)
+                .await?
+                .map(Upload))
+        }
+        .await
+        .gql()
+    }
+
+    /// Uploads of `tenantId` and its workspaces, newest first.
+    async fn uploads(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: String,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<UploadStatus>,
+    ) -> GqlResult<UploadConnection> {
+        async {
+            let app = ctx.app()?;
+            let scope = access::authorize(&app.db, ctx.identity()?, &tenant_id, Permission::Read).await?;
+            let first = page_size(first)?;
+            let after = after.as_deref().map(decode_cursor).transpose()?;
+            let page = uploads::list(&app.db, &scope, first, after, status.map(Into::into)).await?;
+            let mut connection = UploadConnection::with_additional_fields(
+                after.is_some(),
+                page.has_next,
+                ConnectionTotals {
+                    total_count: page.total_count as i64,
+                },
+            );
+            connection.edges.extend(
+                page.items
+                    .into_iter()
+                    .map(|u| Edge::new(encode_cursor(u.id), Upload(u))),
+            );
+            Ok(connection)
+        }
+        .await
+        .gql()
+    }
+
+    /// The CSV a valid file for `deviceType` starts with: the header line and an example row.
+    async fn batch_upload_template(&self, device_type: i32) -> GqlResult<String> {
+        let device_type = DeviceType::from_code(device_type).ok_or(ApiError::InvalidDeviceType);
+        device_type.map(crate::csv_format::template).gql()
+    }
+}
+
+pub fn page_size(first: Option<i32>) -> Result<u64, ApiError> {
+    match first.unwrap_or(DEFAULT_PAGE) {
+        n @ 0..=MAX_PAGE => Ok(n as u64),
+        _ => Err(ApiError::BadUserInput(format!(
+            "first must be between 0 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// Cursors are opaque to clients: base64 of the position they stand for.
+pub fn encode_cursor(position: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("c:{position}"))
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix("c:").and_then(|n| n.parse().ok()))
+        .ok_or_else(|| ApiError::BadUserInput("after is not a cursor of this list".into()))
+}

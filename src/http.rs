@@ -1,0 +1,82 @@
+//! HTTP routes: GraphQL over HTTP, GraphiQL, health probes and (embedded) the object store.
+
+use std::time::Duration;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use sea_orm::ConnectionTrait;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::graphql::{AppSchema, Auth};
+use crate::state::AppState;
+
+#[derive(Clone)]
+struct Http {
+    app: AppState,
+    schema: AppSchema,
+}
+
+pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router {
+    let cors = cors(&app.settings.cors_origins);
+    let mut router = Router::new()
+        .route("/", get(graphiql))
+        .route("/graphql", get(graphql).post(graphql))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Http { app, schema });
+    if let Some(extra) = extra {
+        router = router.merge(extra);
+    }
+    router.layer(cors).layer(TraceLayer::new_for_http())
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(600));
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+async fn graphql(State(http): State<Http>, headers: HeaderMap, request: GraphQLRequest) -> GraphQLResponse {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = Auth::from_header(&http.app.verifier, header).await;
+    http.schema.execute(request.into_inner().data(auth)).await.into()
+}
+
+async fn graphiql() -> impl IntoResponse {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .title("fleetload")
+            .finish(),
+    )
+}
+
+/// The process is up.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The process can serve: its database answers.
+async fn readyz(State(http): State<Http>) -> impl IntoResponse {
+    let db = &http.app.db;
+    match db.execute_unprepared("SELECT 1").await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! fleetload: a GraphQL server for bulk CSV device uploads, a drop-in for the AppSync
+//! `prepareBatchUpload` → upload → `finalizeBatchUpload` flow.
+
+pub mod access;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod csv_format;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod queue;
+pub mod startup;
+pub mod state;
+pub mod storage;
+pub mod telemetry;
+pub mod uploads;

@@ -1,0 +1,17 @@
+//! What every request handler shares; cheap to clone, no per-replica state inside.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::auth::Verifier;
+use crate::config::Settings;
+use crate::storage::ObjectStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub storage: Arc<dyn ObjectStore>,
+    pub verifier: Arc<Verifier>,
+    pub settings: Arc<Settings>,
+}

@@ -1,0 +1,284 @@
+//! Objects on local disk under the data dir, uploaded through the server's own POST endpoint
+//! that verifies the same signed policy S3 would (signature, expiry, exact key, size).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::io::AsyncWriteExt;
+
+use super::policy::{self, PolicyError, PolicyRequest, Signer};
+use super::{ObjectReader, ObjectStore, PresignedPost, StorageError, validate_key};
+
+/// The local store poses as one bucket with one access key; the secret lives in the data dir.
+const BUCKET: &str = "local";
+const ACCESS_KEY_ID: &str = "fleetload-local";
+const REGION: &str = "local";
+/// Room for the form's other fields around the file.
+const FORM_OVERHEAD: u64 = 64 * 1024;
+
+pub struct LocalStore {
+    root: PathBuf,
+    post_url: String,
+    secret: SecretString,
+}
+
+impl LocalStore {
+    /// `public_url` is how clients reach this server; uploads go to `<public_url>/objects`.
+    pub fn new(root: PathBuf, public_url: &url::Url, secret: SecretString) -> std::io::Result<Self> {
+        std::fs::create_dir_all(root.join(".incoming"))?;
+        let post_url = public_url
+            .join("objects")
+            .map_err(std::io::Error::other)?
+            .to_string();
+        Ok(Self {
+            root,
+            post_url,
+            secret,
+        })
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    /// The upload endpoint; `max_upload_bytes` caps the whole request while it streams.
+    pub fn router(self: Arc<Self>, max_upload_bytes: u64) -> Router {
+        let limit = usize::try_from(max_upload_bytes.saturating_add(FORM_OVERHEAD)).unwrap_or(usize::MAX);
+        Router::new()
+            .route("/objects", post(post_object))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    async fn receive(&self, mut form: Multipart) -> Result<(), S3Error> {
+        let mut fields = BTreeMap::new();
+        while let Some(field) = form.next_field().await.map_err(S3Error::from_multipart)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            if name != "file" {
+                let value = field.text().await.map_err(S3Error::from_multipart)?;
+                fields.insert(name, value);
+                continue;
+            }
+            // As S3 does, fields after `file` are ignored: everything is decided here.
+            let verified = policy::verify(
+                &fields,
+                ACCESS_KEY_ID,
+                self.secret.expose_secret(),
+                BUCKET,
+                Utc::now(),
+            )
+            .map_err(S3Error::from_policy)?;
+            return self.store_streaming(&verified, field).await;
+        }
+        Err(S3Error::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "POST requires exactly one file upload per request.",
+        ))
+    }
+
+    /// Streams the file to a temporary name and renames it into place only once it is whole
+    /// and within the policy's size range; a refused upload leaves nothing behind.
+    async fn store_streaming(
+        &self,
+        verified: &policy::VerifiedPolicy,
+        mut field: axum::extract::multipart::Field<'_>,
+    ) -> Result<(), S3Error> {
+        let target = self
+            .path_of(&verified.key)
+            .map_err(|_| S3Error::access_denied("Invalid key"))?;
+        let temp = self.root.join(".incoming").join(uuid::Uuid::new_v4().to_string());
+        let outcome = async {
+            let mut file = tokio::fs::File::create(&temp).await.map_err(S3Error::internal)?;
+            let mut size: u64 = 0;
+            while let Some(chunk) = field.chunk().await.map_err(S3Error::from_multipart)? {
+                size += chunk.len() as u64;
+                if size > verified.max_bytes {
+                    return Err(S3Error::too_large());
+                }
+                file.write_all(&chunk).await.map_err(S3Error::internal)?;
+            }
+            if size < verified.min_bytes {
+                return Err(S3Error::new(
+                    StatusCode::BAD_REQUEST,
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed size",
+                ));
+            }
+            file.sync_all().await.map_err(S3Error::internal)?;
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(S3Error::internal)?;
+            }
+            tokio::fs::rename(&temp, &target).await.map_err(S3Error::internal)
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        outcome
+    }
+}
+
+async fn post_object(State(store): State<Arc<LocalStore>>, form: Multipart) -> Response {
+    match store.receive(form).await {
+        // S3's default `success_action_status`.
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for LocalStore {
+    async fn presign_post(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<PresignedPost, StorageError> {
+        validate_key(key)?;
+        let signer = Signer {
+            access_key_id: ACCESS_KEY_ID,
+            secret_access_key: self.secret.expose_secret(),
+            session_token: None,
+            region: REGION,
+        };
+        let fields = policy::sign(
+            &signer,
+            &PolicyRequest {
+                bucket: BUCKET,
+                key,
+                min_bytes: 1,
+                max_bytes,
+                now: Utc::now(),
+                expires_at,
+            },
+        );
+        Ok(PresignedPost {
+            url: self.post_url.clone(),
+            fields,
+            expires_at,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match tokio::fs::metadata(self.path_of(key)?).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
+        match tokio::fs::File::open(self.path_of(key)?).await {
+            Ok(file) => Ok(Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, file))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound(key.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
+        let target = self.path_of(key)?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let temp = self.root.join(".incoming").join(uuid::Uuid::new_v4().to_string());
+        tokio::fs::copy(path, &temp).await?;
+        tokio::fs::rename(&temp, &target).await?;
+        Ok(())
+    }
+}
+
+/// An S3-shaped error response, so clients handle both stores the same way.
+#[derive(Debug)]
+struct S3Error {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl S3Error {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn access_denied(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "AccessDenied", message)
+    }
+
+    fn too_large() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "EntityTooLarge",
+            "Your proposed upload exceeds the maximum allowed size",
+        )
+    }
+
+    fn internal(err: std::io::Error) -> Self {
+        tracing::error!(error = %err, "local object store failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        )
+    }
+
+    fn from_policy(err: PolicyError) -> Self {
+        match err {
+            PolicyError::Expired => Self::access_denied("Invalid according to Policy: Policy expired."),
+            PolicyError::BadSignature => Self::new(
+                StatusCode::FORBIDDEN,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            ),
+            PolicyError::MissingField(_) | PolicyError::Malformed => {
+                Self::new(StatusCode::BAD_REQUEST, "InvalidPolicyDocument", err.to_string())
+            }
+            PolicyError::ConditionFailed(_) | PolicyError::ExtraField(_) => {
+                Self::access_denied(format!("Invalid according to Policy: {err}"))
+            }
+        }
+    }
+
+    fn from_multipart(err: axum::extract::multipart::MultipartError) -> Self {
+        // The body limit trips while streaming: the only way a form gets this large.
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::too_large()
+        } else {
+            Self::new(
+                StatusCode::BAD_REQUEST,
+                "MalformedPOSTRequest",
+                "The body of your POST request is not well-formed multipart/form-data.",
+            )
+        }
+    }
+}
+
+impl IntoResponse for S3Error {
+    fn into_response(self) -> Response {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message></Error>",
+            self.code,
+            xml_escape(&self.message)
+        );
+        (self.status, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}

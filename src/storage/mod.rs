@@ -1,0 +1,119 @@
+//! Object storage behind one trait: S3 in production, the data dir on the embedded default.
+//! Both hand clients the same S3 POST-policy upload, so a frontend cannot tell them apart.
+
+pub mod local;
+pub mod policy;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+/// A browser-style upload: POST a multipart form of `fields` plus `file` to `url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresignedPost {
+    pub url: String,
+    pub fields: BTreeMap<String, String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A streaming reader of an object's bytes.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("object key {0:?} is not allowed")]
+    InvalidKey(String),
+    #[error("storage I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("S3: {0}")]
+    S3(String),
+    #[error("credentials: {0}")]
+    Credentials(String),
+}
+
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// A signed POST policy allowing exactly one upload to `key`, between 1 and `max_bytes`
+    /// bytes, until `expires_at`.
+    async fn presign_post(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<PresignedPost, StorageError>;
+
+    /// The object's size, or `None` when nothing was uploaded under `key`.
+    async fn head(&self, key: &str) -> Result<Option<u64>, StorageError>;
+
+    /// The object's bytes as a stream; memory does not grow with the object.
+    async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
+
+    /// Stores the file at `path` under `key` (server-written objects: reports, retry files).
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError>;
+}
+
+/// The key an upload's CSV is stored under; dated so storage lifecycle rules can expire it.
+pub fn upload_key(public_id: &str, at: DateTime<Utc>) -> String {
+    format!("uploads/{}/{public_id}.csv", at.format("%Y/%m/%d"))
+}
+
+/// Keys are ours, but the local store maps them onto the file system: refuse anything that
+/// could leave the objects directory.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey(key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_keys_are_valid_and_dated() {
+        let at = DateTime::parse_from_rfc3339("2026-11-23T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let key = upload_key("0193a1b2-0000-7000-8000-000000000000", at);
+        assert_eq!(key, "uploads/2026/11/23/0193a1b2-0000-7000-8000-000000000000.csv");
+        validate_key(&key).unwrap();
+    }
+
+    #[test]
+    fn keys_that_escape_the_directory_are_refused() {
+        for bad in [
+            "",
+            "../x",
+            "a/../../x",
+            "/abs",
+            "a//b",
+            "a/./b",
+            "a\\b",
+            "a b",
+            "x/..",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

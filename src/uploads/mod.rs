@@ -1,0 +1,113 @@
+//! The upload lifecycle as the API drives it: prepare, finalize, read and list.
+//! Checks and state changes live here; the GraphQL layer only translates.
+
+mod finalize;
+mod prepare;
+mod read;
+
+pub use finalize::{FinalizeInput, finalize};
+pub use prepare::{PrepareInput, Prepared, prepare};
+pub use read::{UploadPage, find_visible, list};
+
+use entity::prelude::*;
+use entity::{action, workflow};
+use sea_orm::{ConnectionTrait, EntityTrait};
+
+use crate::access::TenantScope;
+use crate::error::ApiError;
+
+/// An action usable in `scope` (its own or inherited from an ancestor).
+async fn action_in_scope(
+    db: &impl ConnectionTrait,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<action::Model, ApiError> {
+    Action::find_by_id(id)
+        .one(db)
+        .await?
+        .filter(|a| scope.inherits_from(&a.tenant_id))
+        .ok_or(ApiError::ActionNotFound)
+}
+
+/// A workflow usable in `scope`.
+async fn workflow_in_scope(
+    db: &impl ConnectionTrait,
+    scope: &TenantScope,
+    id: &str,
+) -> Result<workflow::Model, ApiError> {
+    Workflow::find_by_id(id)
+        .one(db)
+        .await?
+        .filter(|w| scope.inherits_from(&w.tenant_id))
+        .ok_or(ApiError::WorkflowNotFound)
+}
+
+/// The upload-level rules of SPEC §3 about an action and its workflow, checked once at
+/// prepare (and again when finalize swaps the workflow), never per row.
+fn check_action_workflow(action: &action::Model, workflow: Option<&workflow::Model>) -> Result<(), ApiError> {
+    use entity::action::ActionKind;
+    match (action.kind, workflow) {
+        (ActionKind::AssignWorkflow, None) => Err(ApiError::WorkflowRequired),
+        // Compare with the action's *target* service type: the devices' old one (INVENTORY)
+        // is exactly what REGISTER changes, and comparing against it failed every row of
+        // the old system's INVENTORY → Register Prepaid uploads.
+        (ActionKind::Register, Some(wf)) => match action.target_service_type {
+            Some(target) if target != wf.service_type => Err(ApiError::WorkflowServiceTypeMismatch {
+                workflow: wf.service_type,
+                action: target,
+            }),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use entity::action::ActionKind;
+
+    fn action(kind: ActionKind, target: Option<i32>) -> action::Model {
+        action::Model {
+            id: "a".into(),
+            tenant_id: "t".into(),
+            name: "a".into(),
+            kind,
+            target_service_type: target,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn workflow(service_type: i32) -> workflow::Model {
+        workflow::Model {
+            id: "w".into(),
+            tenant_id: "t".into(),
+            name: "w".into(),
+            service_type,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn register_compares_the_workflow_with_the_actions_target_service_type() {
+        assert!(check_action_workflow(&action(ActionKind::Register, Some(2)), Some(&workflow(2))).is_ok());
+        assert!(matches!(
+            check_action_workflow(&action(ActionKind::Register, Some(2)), Some(&workflow(6))),
+            Err(ApiError::WorkflowServiceTypeMismatch {
+                workflow: 6,
+                action: 2
+            })
+        ));
+        assert!(check_action_workflow(&action(ActionKind::Register, Some(2)), None).is_ok());
+    }
+
+    #[test]
+    fn assign_workflow_needs_a_workflow() {
+        assert!(matches!(
+            check_action_workflow(&action(ActionKind::AssignWorkflow, None), None),
+            Err(ApiError::WorkflowRequired)
+        ));
+        assert!(check_action_workflow(&action(ActionKind::AssignWorkflow, None), Some(&workflow(6))).is_ok());
+    }
+}

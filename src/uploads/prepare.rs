@@ -1,0 +1,107 @@
+//! `prepareBatchUpload`: every upload-level check, then a PREPARED upload and a signed POST.
+
+use chrono::{Duration, Utc};
+use entity::upload::{self, UploadStatus};
+use sea_orm::{ActiveModelTrait, Set};
+
+use super::{action_in_scope, check_action_workflow, workflow_in_scope};
+use crate::access::{self, TenantScope};
+use crate::auth::{Identity, Permission};
+use crate::domain::DeviceType;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::storage::{PresignedPost, upload_key};
+
+/// The arguments of `prepareBatchUpload`, named as in the AppSync contract.
+#[derive(Debug, Clone)]
+pub struct PrepareInput {
+    pub tenant_id: String,
+    pub assign_action_id: String,
+    pub row_count: i32,
+    pub device_type: i32,
+    pub workflow_id: Option<String>,
+    pub brand_id: Option<i32>,
+    pub provision_type: Option<String>,
+    pub target_workspace_id: Option<String>,
+}
+
+pub struct Prepared {
+    pub upload: upload::Model,
+    pub post: PresignedPost,
+}
+
+#[tracing::instrument(skip_all, fields(tenant_id = %input.tenant_id, action_id = %input.assign_action_id))]
+pub async fn prepare(
+    state: &AppState,
+    identity: &Identity,
+    input: PrepareInput,
+) -> Result<Prepared, ApiError> {
+    let db = &state.db;
+    let scope = access::authorize(db, identity, &input.tenant_id, Permission::Update).await?;
+    let target = target_workspace(db, &scope, input.target_workspace_id.as_deref()).await?;
+    let device_type = DeviceType::from_code(input.device_type).ok_or(ApiError::InvalidDeviceType)?;
+    let max_rows = state.settings.max_rows;
+    if input.row_count < 1 || input.row_count as u32 > max_rows {
+        return Err(ApiError::InvalidRowCount { max: max_rows });
+    }
+    let action = action_in_scope(db, &scope, &input.assign_action_id).await?;
+    let workflow = match input.workflow_id.as_deref() {
+        Some(id) => Some(workflow_in_scope(db, &scope, id).await?),
+        None => None,
+    };
+    check_action_workflow(&action, workflow.as_ref())?;
+
+    let now = Utc::now();
+    let public_id = uuid::Uuid::now_v7().to_string();
+    let object_key = upload_key(&public_id, now);
+    let expires_at = now + Duration::seconds(state.settings.upload_url_ttl_secs as i64);
+    // Sign first: an upload row without a way to upload its file would be useless.
+    let post = state
+        .storage
+        .presign_post(&object_key, state.settings.max_upload_bytes, expires_at)
+        .await?;
+
+    let upload = upload::ActiveModel {
+        public_id: Set(public_id),
+        tenant_id: Set(scope.tenant_id.clone()),
+        target_tenant_id: Set(target),
+        created_by: Set(identity.user.clone()),
+        device_type: Set(device_type.code()),
+        action_id: Set(action.id),
+        action_kind: Set(action.kind),
+        action_service_type: Set(action.target_service_type),
+        workflow_id: Set(workflow.map(|w| w.id)),
+        brand_id: Set(input.brand_id),
+        provision_type: Set(input.provision_type),
+        declared_row_count: Set(input.row_count),
+        object_key: Set(object_key),
+        status: Set(UploadStatus::Prepared),
+        processed_rows: Set(0),
+        succeeded: Set(0),
+        failed: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    tracing::info!(upload_id = %upload.public_id, rows = upload.declared_row_count, "upload prepared");
+    Ok(Prepared { upload, post })
+}
+
+/// `targetWorkspaceId` must be the tenant itself or one of its descendants.
+async fn target_workspace(
+    db: &impl sea_orm::ConnectionTrait,
+    scope: &TenantScope,
+    requested: Option<&str>,
+) -> Result<String, ApiError> {
+    let Some(target) = requested.filter(|t| *t != scope.tenant_id) else {
+        return Ok(scope.tenant_id.clone());
+    };
+    let ancestry = access::ancestry(db, target).await?;
+    if crate::domain::tenancy::is_within(&ancestry, &scope.tenant_id) {
+        Ok(target.to_owned())
+    } else {
+        Err(ApiError::InvalidTenant)
+    }
+}
