@@ -29,6 +29,12 @@ impl Application {
     /// Connects and migrates the database, seeds demo data where due, opens object storage
     /// and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_aws(settings, None).await
+    }
+
+    /// As [`Application::build`], with the AWS configuration given instead of read from the
+    /// standard `AWS_*` environment (tests pass static credentials for a local endpoint).
+    pub async fn build_with_aws(settings: Settings, aws: Option<aws_config::SdkConfig>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -45,7 +51,7 @@ impl Application {
             tracing::info!("demo data seeded");
         }
 
-        let (storage, storage_routes) = storage(&settings, &public_url).await?;
+        let (storage, storage_routes) = storage(&settings, &public_url, aws).await?;
         let verifier = verifier(&settings)?;
         let state = AppState {
             db,
@@ -98,10 +104,14 @@ impl Application {
 async fn storage(
     settings: &Settings,
     public_url: &Url,
+    aws: Option<aws_config::SdkConfig>,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, Option<Router>)> {
     match &settings.s3_bucket {
         Some(bucket) => {
-            let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let sdk = match aws {
+                Some(sdk) => sdk,
+                None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+            };
             let store = S3Store::new(
                 &sdk,
                 bucket.clone(),

@@ -1,0 +1,14 @@
+//! Integration tests: the real server on port 0, driven over HTTP like a client would.
+//! One test binary, so the app is compiled and linked once.
+
+mod helpers;
+mod moto;
+
+mod api_contract;
+mod auth;
+mod finalize;
+mod prepare;
+mod schema;
+mod storage_local;
+mod storage_s3;
+mod tenancy;
