@@ -34,7 +34,10 @@ impl Application {
 
     /// As [`Application::build`], with the AWS configuration given instead of read from the
     /// standard `AWS_*` environment (tests pass static credentials for a local endpoint).
-    pub async fn build_with_aws(settings: Settings, aws: Option<aws_config::SdkConfig>) -> anyhow::Result<Self> {
+    pub async fn build_with_aws(
+        settings: Settings,
+        aws: Option<aws_config::SdkConfig>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;

@@ -16,6 +16,8 @@ pub fn token_from_header(value: &str) -> Option<&str> {
     let token = match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
         Some(_) => return None,
+        // A scheme with nothing after it is no token.
+        None if value.eq_ignore_ascii_case("bearer") => return None,
         None => value,
     };
     (!token.is_empty()).then_some(token)

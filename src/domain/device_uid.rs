@@ -59,7 +59,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += d;
     }
-    !digits.is_empty() && sum % 10 == 0
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 /// The digit that makes `body` (14 digits of an IMEI) Luhn-valid; for tests and demo data.

@@ -112,7 +112,9 @@ pub async fn spawn_app_full(
     };
     configure(&mut settings);
     let secret = jwt_secret(&settings).expect("jwt secret");
-    let app = Application::build_with_aws(settings.clone(), aws).await.expect("app builds");
+    let app = Application::build_with_aws(settings.clone(), aws)
+        .await
+        .expect("app builds");
     let url = app.public_url().as_str().trim_end_matches('/').to_owned();
     let state = app.state().clone();
     let (stop, stopped) = oneshot::channel();
@@ -162,7 +164,11 @@ impl TestApp {
         if let Some(token) = token {
             req = req.header("Authorization", format!("Bearer {token}"));
         }
-        let resp = req.json(&json!({ "query": query, "variables": variables })).send().await.unwrap();
+        let resp = req
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap();
         assert!(resp.status().is_success(), "HTTP {}", resp.status());
         resp.json().await.unwrap()
     }
@@ -182,7 +188,10 @@ impl TestApp {
                 json!({"tenantId": "demo", "assignActionId": "register-prepaid", "rowCount": 2, "deviceType": 1}),
             )
             .await;
-        (payload["uploadId"].as_str().unwrap().to_owned(), payload["fileUpload"].clone())
+        (
+            payload["uploadId"].as_str().unwrap().to_owned(),
+            payload["fileUpload"].clone(),
+        )
     }
 
     /// Uploads `bytes` as the browser would: the returned fields, then `file`.
@@ -192,7 +201,12 @@ impl TestApp {
 
     /// finalize exactly as the old frontend sends it: no selection set.
     pub async fn finalize(&self, token: &str, tenant: &str, upload_id: &str) -> Value {
-        self.gql(Some(token), FINALIZE, json!({"tenantId": tenant, "uploadId": upload_id})).await
+        self.gql(
+            Some(token),
+            FINALIZE,
+            json!({"tenantId": tenant, "uploadId": upload_id}),
+        )
+        .await
     }
 
     pub async fn count_jobs(&self) -> u64 {
@@ -203,20 +217,37 @@ impl TestApp {
 
 /// POSTs a multipart form of `fileUpload.fields` plus `file`, as a browser does.
 pub async fn post_form(http: &reqwest::Client, file_upload: &Value, bytes: Vec<u8>) -> reqwest::Response {
-    let fields: Value = serde_json::from_str(file_upload["fields"].as_str().expect("fields is a JSON string")).unwrap();
+    let fields: Value =
+        serde_json::from_str(file_upload["fields"].as_str().expect("fields is a JSON string")).unwrap();
     let mut form = reqwest::multipart::Form::new();
     for (name, value) in fields.as_object().unwrap() {
         form = form.text(name.clone(), value.as_str().unwrap().to_owned());
     }
-    form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("devices.csv").mime_str("text/csv").unwrap());
-    http.post(file_upload["url"].as_str().unwrap()).multipart(form).send().await.unwrap()
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes)
+            .file_name("devices.csv")
+            .mime_str("text/csv")
+            .unwrap(),
+    );
+    http.post(file_upload["url"].as_str().unwrap())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// The first error's `extensions.code`, checking that AppSync's `errorType` agrees.
 pub fn error_code(body: &Value) -> String {
     let ext = &body["errors"][0]["extensions"];
-    assert_eq!(ext["code"], ext["errorType"], "code and errorType differ in {body}");
-    ext["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}")).to_owned()
+    assert_eq!(
+        ext["code"], ext["errorType"],
+        "code and errorType differ in {body}"
+    );
+    ext["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+        .to_owned()
 }
 
 /// The prepare mutation exactly as the old frontend writes it (seed 000).
@@ -286,9 +317,16 @@ impl PgDatabase {
         let mut conn = sqlx::PgConnection::connect(&admin_url)
             .await
             .expect("PostgreSQL at FLEETLOAD_TEST_PG_URL (default 127.0.0.1:5432, database test)");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        Self { url: format!("{base}/{name}"), name, admin_url }
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        }
     }
 }
 
@@ -297,11 +335,16 @@ impl Drop for PgDatabase {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs outside any runtime guarantee: use a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
