@@ -1,6 +1,7 @@
 //! The GraphQL API: schema assembly from per-domain roots, AppSync scalars, auth context.
 
 mod context;
+mod error_codes;
 mod scalars;
 mod types;
 mod upload_mutation;
@@ -21,7 +22,7 @@ pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// The schema without runtime data: enough for its SDL.
 pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription).extension(error_codes::ErrorCodes)
 }
 
 /// The schema of a running server.

@@ -135,3 +135,38 @@ async fn cors_allows_browser_uploads_and_queries() {
         );
     }
 }
+
+#[tokio::test]
+async fn malformed_documents_and_wrong_arguments_get_typed_errors() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let token = app.alice();
+    let cases = [
+        ("{ uploads(tenantId: ", json!({}), "GRAPHQL_PARSE_FAILED"),
+        ("{ noSuchField }", json!({}), "GRAPHQL_VALIDATION_FAILED"),
+        (
+            "{ uploads { totalCount } }",
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "mutation { finalizeBatchUpload(tenantId: \"demo\", uploadId: \"x\") { status } }",
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        // async-graphql checks variable values while validating the document.
+        (
+            "query($n: Int!) { batchUploadTemplate(deviceType: $n) }",
+            json!({"n": "one"}),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "mutation($b: AWSJSON) { finalizeBatchUpload(tenantId: \"demo\", uploadId: \"x\", billingDetail: $b) }",
+            json!({"b": "{not json"}),
+            "BAD_USER_INPUT",
+        ),
+    ];
+    for (query, vars, code) in cases {
+        let body = app.gql(Some(&token), query, vars).await;
+        assert_eq!(error_code(&body), code, "{query}: {body}");
+    }
+}
