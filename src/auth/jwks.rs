@@ -1,9 +1,11 @@
 //! Signing keys of a JWKS endpoint (Cognito's `/.well-known/jwks.json`), fetched on demand.
 //!
 //! Each replica caches keys by `kid`; an unknown `kid` triggers one refetch (key rotation),
-//! rate-limited so a flood of forged `kid`s cannot hammer the identity provider.
+//! at most once per interval whether it succeeds or not, so a flood of forged `kid`s cannot
+//! hammer the identity provider. Lookups of cached keys never wait for a fetch.
 
 use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
@@ -17,13 +19,9 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 pub struct JwksCache {
     url: url::Url,
     http: reqwest::Client,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    keys: HashMap<String, DecodingKey>,
-    fetched_at: Option<Instant>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// Held while fetching (one fetch at a time); remembers when the last attempt started.
+    refresh: Mutex<Option<Instant>>,
 }
 
 impl JwksCache {
@@ -34,23 +32,36 @@ impl JwksCache {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
-            state: Mutex::new(State::default()),
+            keys: RwLock::new(HashMap::new()),
+            refresh: Mutex::new(None),
         }
     }
 
     pub async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
-        let mut state = self.state.lock().await;
-        if let Some(key) = state.keys.get(kid) {
-            return Ok(key.clone());
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
         }
-        let stale = state
-            .fetched_at
-            .is_none_or(|at| at.elapsed() >= MIN_REFRESH_INTERVAL);
-        if stale {
-            state.keys = self.fetch().await?;
-            state.fetched_at = Some(Instant::now());
+        let mut last_attempt = self.refresh.lock().await;
+        // Another request may have refreshed while this one waited for the lock.
+        if let Some(key) = self.cached(kid) {
+            return Ok(key);
         }
-        state.keys.get(kid).cloned().ok_or(AuthError::UnknownKey)
+        if last_attempt.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
+            return Err(AuthError::UnknownKey);
+        }
+        *last_attempt = Some(Instant::now());
+        // On failure the keys fetched before stay in use.
+        let fetched = self.fetch().await?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = fetched;
+        self.cached(kid).ok_or(AuthError::UnknownKey)
+    }
+
+    fn cached(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .cloned()
     }
 
     async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, AuthError> {
