@@ -66,6 +66,29 @@ pub struct Settings {
     #[arg(long, env = "FLEETLOAD_S3_FORCE_PATH_STYLE", global = true)]
     pub s3_force_path_style: bool,
 
+    /// SQS queue URL for chunk jobs; when unset, chunks go through the database's job table.
+    /// The queue's redrive policy (dead-letter queue, maxReceiveCount) is read at start.
+    #[arg(long, env = "FLEETLOAD_SQS_QUEUE_URL", global = true)]
+    pub sqs_queue_url: Option<String>,
+
+    /// Custom SQS endpoint (e.g. a local SQS-compatible server).
+    #[arg(long, env = "FLEETLOAD_SQS_ENDPOINT_URL", global = true)]
+    pub sqs_endpoint_url: Option<Url>,
+
+    /// Rows per chunk job: one worker transaction each.
+    #[arg(long, env = "FLEETLOAD_CHUNK_SIZE", default_value_t = 2000, global = true)]
+    pub chunk_size: usize,
+
+    /// Worker tasks in this process. Default: 2 for `serve` on the embedded default, 0 for
+    /// `serve` on PostgreSQL (run `fleetload worker` processes), 4 for `worker`.
+    #[arg(long, env = "FLEETLOAD_WORKERS", global = true)]
+    pub workers: Option<usize>,
+
+    /// How long a claimed job stays hidden from other workers before it is offered again
+    /// (extended while the job runs), in seconds.
+    #[arg(long, env = "FLEETLOAD_JOB_LEASE_SECS", default_value_t = 60, global = true)]
+    pub job_lease_secs: u64,
+
     /// Largest CSV a client may upload, enforced by the signed POST policy.
     #[arg(long, env = "FLEETLOAD_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024, global = true)]
     pub max_upload_bytes: u64,

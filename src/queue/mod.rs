@@ -1,5 +1,14 @@
-//! Durable jobs. `finalizeBatchUpload` writes its dispatch job into the `jobs` table in the
-//! same transaction that flips the upload to QUEUED (an outbox), so no crash can lose it.
+//! Durable jobs behind one trait, with two real backends: a job table in the database
+//! (embedded default and PostgreSQL) and SQS (any SQS-compatible endpoint).
+//!
+//! Delivery is at least once: a job may arrive twice or after its consumer died, so every
+//! consumer is idempotent. `finalizeBatchUpload` writes its dispatch job into the job table
+//! in the same transaction that flips the upload to QUEUED (an outbox), so no crash loses it.
+
+pub mod db;
+pub mod sqs;
+
+use std::time::Duration;
 
 use chrono::Utc;
 use entity::job::{self, JobState};
@@ -8,28 +17,122 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Set};
 use serde::{Deserialize, Serialize};
 
-/// Queue that dispatch jobs (one per finalized upload) go to.
+/// Queue that dispatch jobs (one per finalized upload) go to; always the job table.
 pub const DISPATCH_QUEUE: &str = "dispatch";
+/// Queue of chunk jobs on the job table, when SQS is not configured.
+pub const CHUNK_QUEUE: &str = "chunks";
+/// Attempts before a job is dead-lettered, unless a backend says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
-/// What a job asks for; serialised as its payload.
+/// What a job asks for; serialised as its payload / message body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobPayload {
     /// Read the upload's file and fan its rows out as chunk jobs.
     DispatchUpload { upload_id: i64 },
+    /// Decide and apply one chunk of an upload's rows, in one transaction.
+    ProcessChunk(ChunkJob),
+}
+
+/// One chunk of an upload: consecutive data rows, as the dispatcher read them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkJob {
+    pub upload_id: i64,
+    /// 0-based position of the chunk in the file.
+    pub chunk: i32,
+    pub rows: Vec<ChunkRow>,
+}
+
+/// A data row as the worker needs it; everything else of the row stays in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRow {
+    /// 1-based number of the data row (the header is not counted).
+    #[serde(rename = "n")]
+    pub row_number: i32,
+    /// The device key cell as written (the result echoes it).
+    #[serde(rename = "k")]
+    pub uid: String,
+    /// A smartphone's second IMEI cell, when present and not blank.
+    #[serde(rename = "k2", default, skip_serializing_if = "Option::is_none")]
+    pub uid2: Option<String>,
+    /// An earlier row of the file has the same (valid) device key.
+    #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 impl JobPayload {
-    /// At most one job exists per key, whatever the number of callers.
+    /// At most one job exists per key on the job table, whatever the number of senders.
     pub fn dedupe_key(&self) -> String {
         match self {
             Self::DispatchUpload { upload_id } => format!("dispatch:{upload_id}"),
+            Self::ProcessChunk(c) => format!("chunk:{}:{}", c.upload_id, c.chunk),
+        }
+    }
+
+    /// The upload the job belongs to.
+    pub fn upload_id(&self) -> i64 {
+        match self {
+            Self::DispatchUpload { upload_id } => *upload_id,
+            Self::ProcessChunk(c) => c.upload_id,
         }
     }
 }
 
-/// Adds `payload` to `queue` unless a job with the same dedupe key exists; returns whether
-/// it was added. Call it inside the transaction whose effects the job belongs to.
+/// A job handed to one consumer, hidden from the others until its lease runs out.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Backend handle: the job id, or the SQS receipt handle.
+    pub handle: String,
+    pub payload: JobPayload,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("SQS: {0}")]
+    Sqs(String),
+    #[error("job payload: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
+/// A queue of jobs with leases (visibility timeouts), retries and a dead letter.
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// Puts jobs on the queue (at least once; a repeat is the consumer's to ignore).
+    async fn send(&self, jobs: &[JobPayload]) -> Result<(), QueueError>;
+
+    /// Up to `max` jobs, each leased to this consumer for `lease`. Waits up to `wait` for
+    /// the first one (long polling); returns empty when there was none.
+    async fn receive(&self, max: usize, lease: Duration, wait: Duration)
+    -> Result<Vec<Delivery>, QueueError>;
+
+    /// Keeps a job leased for `lease` from now (a chunk that takes long).
+    async fn extend(&self, delivery: &Delivery, lease: Duration) -> Result<(), QueueError>;
+
+    /// The job is done and is never delivered again.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+
+    /// The attempt failed: deliver the job again after `delay`.
+    async fn retry(&self, delivery: &Delivery, delay: Duration, error: &str) -> Result<(), QueueError>;
+
+    /// The job will never succeed: move it to the dead letter, kept for an operator.
+    async fn dead_letter(&self, delivery: &Delivery, error: &str) -> Result<(), QueueError>;
+
+    /// Jobs whose consumers died on their last attempt since the last call (leases that ran
+    /// out / messages redriven to the dead-letter queue). Each is returned once; the caller
+    /// fails their uploads.
+    async fn rescue(&self) -> Result<Vec<JobPayload>, QueueError>;
+
+    /// Deliveries a job gets before it is dead-lettered.
+    fn max_attempts(&self) -> u32;
+}
+
+/// Adds `payload` to the job table's `queue` unless a job with the same dedupe key exists;
+/// returns whether it was added. Call it inside the transaction whose effects the job
+/// belongs to (the outbox of `finalizeBatchUpload`).
 pub async fn enqueue(db: &impl ConnectionTrait, queue: &str, payload: &JobPayload) -> Result<bool, DbErr> {
     let now = Utc::now();
     let body = serde_json::to_string(payload).map_err(|e| DbErr::Custom(e.to_string()))?;
@@ -39,7 +142,7 @@ pub async fn enqueue(db: &impl ConnectionTrait, queue: &str, payload: &JobPayloa
         dedupe_key: Set(Some(payload.dedupe_key())),
         state: Set(JobState::Available),
         attempts: Set(0),
-        max_attempts: Set(10),
+        max_attempts: Set(DEFAULT_MAX_ATTEMPTS as i32),
         run_at: Set(now),
         created_at: Set(now),
         updated_at: Set(now),
@@ -49,4 +152,38 @@ pub async fn enqueue(db: &impl ConnectionTrait, queue: &str, payload: &JobPayloa
     .exec_without_returning(db)
     .await?;
     Ok(inserted == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_rows_serialise_compactly_and_round_trip() {
+        let job = JobPayload::ProcessChunk(ChunkJob {
+            upload_id: 7,
+            chunk: 3,
+            rows: vec![
+                ChunkRow {
+                    row_number: 1,
+                    uid: "490154203237518".into(),
+                    uid2: None,
+                    duplicate: false,
+                },
+                ChunkRow {
+                    row_number: 2,
+                    uid: "490154203237518".into(),
+                    uid2: Some("x".into()),
+                    duplicate: true,
+                },
+            ],
+        });
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"process_chunk","upload_id":7,"chunk":3,"rows":[{"n":1,"k":"490154203237518"},{"n":2,"k":"490154203237518","k2":"x","d":true}]}"#
+        );
+        assert_eq!(serde_json::from_str::<JobPayload>(&text).unwrap(), job);
+        assert_eq!(job.dedupe_key(), "chunk:7:3");
+    }
 }

@@ -1,0 +1,1 @@
+//! (the job-table queue: being written)

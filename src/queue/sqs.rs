@@ -1,0 +1,1 @@
+//! (the SQS queue: being written)
