@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod pipeline;
 pub mod queue;
 pub mod startup;
 pub mod state;

@@ -1,0 +1,1414 @@
+//! Streaming reader of an uploaded device CSV (SPEC §4): UTF-8 with an optional BOM, LF or CRLF,
+//! RFC 4180 quoting, a header naming the device key column. Rows are read one at a time and a
+//! row may not exceed [`MAX_ROW_BYTES`], so memory stays flat whatever the file's size.
+//!
+//! What an operator can observe:
+//! - The header is the first line with a non-blank cell. Data rows are numbered from 1 in file
+//!   order (the header is row 0), whatever line breaks their quoted cells contain.
+//! - A completely empty line is skipped and gets no number. Any other line after the header is
+//!   a data row, even one of only spaces, commas or `""`: its key is empty, so it fails
+//!   `INVALID_DEVICE_UID` and shows up in the results instead of vanishing.
+//! - Header names match after trimming, ignoring ASCII case. Of several key-column aliases the
+//!   first in priority order wins; of two columns with the same name, the leftmost.
+//! - A row may have fewer cells than the header (the missing ones read as empty) or more (kept).
+//! - Quoting is as lenient as csv-core's (a quote inside an unquoted cell is literal; text after
+//!   a closing quote is appended to the cell), except that a quoted cell still open at the end
+//!   of the file, or a row over [`MAX_ROW_BYTES`], fails the file: both would silently swallow
+//!   the rows after them.
+
+use std::io::{self, Cursor};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use csv_async::{AsyncReader, AsyncReaderBuilder, ErrorKind, StringRecord};
+use tokio::io::{AsyncRead, AsyncReadExt, Chain, ReadBuf};
+
+use crate::domain::DeviceType;
+
+/// The longest row accepted, in bytes. A device row is a few dozen bytes; the bound keeps the
+/// parser's memory flat and stops a missing closing quote from swallowing the whole file.
+pub const MAX_ROW_BYTES: usize = 64 * 1024;
+
+/// How much of the file's start is inspected before parsing (BOM, UTF-16, binary content).
+const SNIFF_BYTES: usize = 1024;
+/// Read buffer of the CSV parser.
+const BUFFER_BYTES: usize = 64 * 1024;
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+/// Column names quoted in a missing-key-column error, and the characters kept of each.
+const LISTED_COLUMNS: usize = 10;
+const LISTED_NAME_CHARS: usize = 40;
+
+/// Accepted names of the key column in priority order, and the name of the second key column.
+fn column_names(device_type: DeviceType) -> (&'static [&'static str], Option<&'static str>) {
+    match device_type {
+        DeviceType::Smartphone => (&["imei", "deviceUid", "IMEI"], Some("imei2")),
+        DeviceType::Tablet => (&["serialNumber", "serial_number", "deviceUid"], None),
+    }
+}
+
+fn type_name(device_type: DeviceType) -> &'static str {
+    match device_type {
+        DeviceType::Smartphone => "SMARTPHONE",
+        DeviceType::Tablet => "TABLET",
+    }
+}
+
+/// Why a file cannot be read as an upload. `Display` is the upload's `failureReason`, shown to
+/// operators; every case but [`FileError::Io`] is the file's fault and will not change on a
+/// retry.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// No bytes, or nothing but a BOM, whitespace, line breaks and commas.
+    #[error("the file is empty")]
+    Empty,
+    /// A NUL byte: a spreadsheet, archive or image rather than text.
+    #[error("the file is not a CSV text file: it contains binary data (a NUL byte at offset {offset})")]
+    Binary { offset: u64 },
+    /// A UTF-16 byte-order mark ("Unicode text" exports).
+    #[error("the file is UTF-16 text, not UTF-8; save it as \"CSV UTF-8\" and upload it again")]
+    Utf16,
+    /// Bytes that are not UTF-8; `line` is 1-based, `offset` counts bytes from the file's start.
+    #[error(
+        "the file is not UTF-8 text: invalid byte sequence on line {line} (offset {offset}); \
+         save it as \"CSV UTF-8\" and upload it again"
+    )]
+    NotUtf8 { line: u64, offset: u64 },
+    /// The header has none of the key column's names.
+    #[error(
+        "the header has no {expected} column, which {device_type} files need (also accepted: \
+         {aliases}); columns found: {found}"
+    )]
+    MissingKeyColumn {
+        device_type: &'static str,
+        expected: &'static str,
+        aliases: String,
+        /// The header's names, quoted and truncated, with a hint when the delimiter looks wrong.
+        found: String,
+    },
+    #[error("the file has a header row but no data rows")]
+    NoDataRows,
+    /// Reading stopped at the first row over the maximum.
+    #[error("the file has more than {} data rows, the most one upload may have", thousands(u64::from(*.max)))]
+    TooManyRows { max: u32 },
+    /// CSV the reader refuses; `line` is where the offending row or quoted cell starts.
+    #[error("the file is not valid CSV at line {line}: {reason}")]
+    Malformed { line: u64, reason: String },
+    /// Reading the stream failed (storage, network): not the file's fault, worth a retry.
+    #[error("the file could not be read from storage")]
+    Io(#[source] io::Error),
+}
+
+impl FileError {
+    /// Whether reading failed rather than the file: the same file may read fine on a retry.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Io(_))
+    }
+}
+
+/// The key cells of one data row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvRow {
+    /// 1-based number of the data row (the header is row 0).
+    pub row_number: i32,
+    /// The key cell, trimmed; empty when the row has no such cell.
+    pub uid: String,
+    /// A smartphone's second IMEI cell, trimmed; `None` when absent or blank.
+    pub uid2: Option<String>,
+}
+
+/// An uploaded CSV being read row by row from a stream.
+///
+/// [`CsvFile::open`] reads the header; [`CsvFile::next_row`] (key cells) or
+/// [`CsvFile::next_record`] (every cell, for the error report) then read the data rows in order.
+/// Stop at the first error: the file then reads as ended.
+pub struct CsvFile<R> {
+    csv: AsyncReader<Scanner<Chain<Cursor<Vec<u8>>, R>>>,
+    headers: Vec<String>,
+    key: usize,
+    key2: Option<usize>,
+    /// Data rows read so far, i.e. the number of the last one.
+    rows: i32,
+}
+
+impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
+    /// Reads the header and finds the key columns of `device_type`.
+    pub async fn open(mut reader: R, device_type: DeviceType) -> Result<Self, FileError> {
+        let mut head = vec![0u8; SNIFF_BYTES];
+        let mut len = 0;
+        while len < head.len() {
+            let n = reader.read(&mut head[len..]).await.map_err(FileError::Io)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        head.truncate(len);
+        if head.is_empty() {
+            return Err(FileError::Empty);
+        }
+        if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+            return Err(FileError::Utf16);
+        }
+        // A NUL near the start means binary, even when invalid UTF-8 comes first (images).
+        if let Some(at) = head.iter().position(|&b| b == 0) {
+            return Err(FileError::Binary { offset: at as u64 });
+        }
+        let bom = if head.starts_with(UTF8_BOM) {
+            UTF8_BOM.len()
+        } else {
+            0
+        };
+        head.drain(..bom);
+
+        let scanner = Scanner::new(Cursor::new(head).chain(reader), bom as u64);
+        let mut csv = AsyncReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(BUFFER_BYTES)
+            .create_reader(scanner);
+
+        let mut header = StringRecord::new();
+        loop {
+            match csv.read_record(&mut header).await {
+                Ok(true) if header.iter().any(|cell| !cell.trim().is_empty()) => break,
+                Ok(true) => {}
+                Ok(false) => return Err(FileError::Empty),
+                Err(err) => return Err(file_error(&csv, err)),
+            }
+        }
+        let headers: Vec<String> = header.iter().map(str::to_owned).collect();
+
+        let (names, second) = column_names(device_type);
+        let key = names
+            .iter()
+            .find_map(|name| column(&headers, name))
+            .ok_or_else(|| missing_key_column(device_type, &headers))?;
+        let key2 = second.and_then(|name| column(&headers, name));
+        Ok(Self {
+            csv,
+            headers,
+            key,
+            key2,
+            rows: 0,
+        })
+    }
+
+    /// The header's cells as written (BOM removed, not trimmed).
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// The next data row's key cells, or `None` at the end of the file.
+    pub async fn next_row(&mut self) -> Result<Option<CsvRow>, FileError> {
+        Ok(self
+            .next_record()
+            .await?
+            .map(|(row_number, record)| self.row_of(row_number, &record)))
+    }
+
+    /// The next data row's number and every cell, extra columns included; `None` at the end.
+    pub async fn next_record(&mut self) -> Result<Option<(i32, StringRecord)>, FileError> {
+        let mut record = StringRecord::new();
+        Ok(self.read_into(&mut record).await?.map(|n| (n, record)))
+    }
+
+    /// The key cells of a record read by [`CsvFile::next_record`].
+    pub fn row_of(&self, row_number: i32, record: &StringRecord) -> CsvRow {
+        let cell = |i: usize| record.get(i).map_or("", str::trim);
+        CsvRow {
+            row_number,
+            uid: cell(self.key).to_owned(),
+            uid2: self.key2.map(cell).filter(|c| !c.is_empty()).map(str::to_owned),
+        }
+    }
+
+    /// Reads the next data row into `record`, returning its number.
+    async fn read_into(&mut self, record: &mut StringRecord) -> Result<Option<i32>, FileError> {
+        match self.csv.read_record(record).await {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                self.rows = self
+                    .rows
+                    .checked_add(1)
+                    .ok_or(FileError::TooManyRows { max: i32::MAX as u32 })?;
+                Ok(Some(self.rows))
+            }
+            Err(err) => Err(file_error(&self.csv, err)),
+        }
+    }
+}
+
+/// Reads the whole file and counts its data rows, so that a bad file fails its upload before
+/// any row is processed, even when the problem is at the last line. Stops at the first row
+/// over `max_rows`.
+pub async fn validate<R: AsyncRead + Unpin + Send>(
+    reader: R,
+    device_type: DeviceType,
+    max_rows: u32,
+) -> Result<u32, FileError> {
+    let mut file = CsvFile::open(reader, device_type).await?;
+    let mut record = StringRecord::new();
+    let mut rows = 0u32;
+    while file.read_into(&mut record).await?.is_some() {
+        rows += 1;
+        if rows > max_rows {
+            return Err(FileError::TooManyRows { max: max_rows });
+        }
+    }
+    if rows == 0 {
+        return Err(FileError::NoDataRows);
+    }
+    Ok(rows)
+}
+
+/// The index of the leftmost header cell named `name`, ignoring surrounding space and case.
+fn column(headers: &[String], name: &str) -> Option<usize> {
+    headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name))
+}
+
+fn missing_key_column(device_type: DeviceType, headers: &[String]) -> FileError {
+    let (names, _) = column_names(device_type);
+    let mut found: Vec<String> = headers
+        .iter()
+        .take(LISTED_COLUMNS)
+        .map(|h| {
+            let name = h.trim();
+            let short: String = name.chars().take(LISTED_NAME_CHARS).collect();
+            if short.len() < name.len() {
+                format!("{short:?}…")
+            } else {
+                format!("{short:?}")
+            }
+        })
+        .collect();
+    if headers.len() > LISTED_COLUMNS {
+        found.push(format!("and {} more", headers.len() - LISTED_COLUMNS));
+    }
+    let mut found = found.join(", ");
+    if let [only] = headers {
+        for (delimiter, name) in [(';', "semicolons"), ('\t', "tabs")] {
+            if only.contains(delimiter) {
+                found.push_str(&format!(
+                    " (the columns seem to be separated by {name}; separate them by commas)"
+                ));
+                break;
+            }
+        }
+    }
+    FileError::MissingKeyColumn {
+        device_type: type_name(device_type),
+        expected: names[0],
+        aliases: names[1..].join(", "),
+        found,
+    }
+}
+
+/// Maps a parser error; the scanner's refusals arrive as I/O errors and are told apart here.
+fn file_error<R: AsyncRead + Unpin + Send>(
+    csv: &AsyncReader<Scanner<R>>,
+    err: csv_async::Error,
+) -> FileError {
+    let reason = err.to_string();
+    match err.into_kind() {
+        ErrorKind::Io(io) => match &csv.get_ref().problem {
+            Some(problem) => problem.clone().into(),
+            None => FileError::Io(io),
+        },
+        // Unreachable in practice: the scanner checks UTF-8 before the parser sees the bytes.
+        ErrorKind::Utf8 { pos, .. } => FileError::NotUtf8 {
+            line: pos.as_ref().map_or(0, |p| p.line()),
+            offset: pos.as_ref().map_or(0, |p| p.byte()),
+        },
+        kind => FileError::Malformed {
+            line: kind.position().map_or(0, |p| p.line()),
+            reason,
+        },
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// What the scanner refused.
+#[derive(Clone, Debug)]
+enum Problem {
+    Binary { offset: u64 },
+    NotUtf8 { line: u64, offset: u64 },
+    UnclosedQuote { line: u64 },
+    RowTooLong { line: u64 },
+    QuoteTooLong { line: u64 },
+}
+
+impl From<Problem> for FileError {
+    fn from(problem: Problem) -> Self {
+        let limit = thousands(MAX_ROW_BYTES as u64);
+        match problem {
+            Problem::Binary { offset } => Self::Binary { offset },
+            Problem::NotUtf8 { line, offset } => Self::NotUtf8 { line, offset },
+            Problem::UnclosedQuote { line } => Self::Malformed {
+                line,
+                reason: "a quoted cell starts there and is never closed".to_owned(),
+            },
+            Problem::RowTooLong { line } => Self::Malformed {
+                line,
+                reason: format!("the row is longer than {limit} bytes"),
+            },
+            Problem::QuoteTooLong { line } => Self::Malformed {
+                line,
+                reason: format!(
+                    "a quoted cell starts there and is still open after {limit} bytes \
+                     (is its closing quote missing?)"
+                ),
+            },
+        }
+    }
+}
+
+/// Where the scanner is in csv-core's quoting rules (default dialect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quoting {
+    /// At the start of a cell (or between rows).
+    CellStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted cell: closes it, or escapes a second quote.
+    QuoteInQuoted,
+}
+
+/// Sees every byte on its way to the parser and refuses what the parser would accept silently:
+/// NUL bytes, invalid UTF-8, a quoted cell never closed, a row too long to hold in memory.
+/// It follows csv-core's quoting rules to know where rows end, and counts physical lines
+/// (CRLF, LF or a lone CR) for the messages.
+struct Scanner<R> {
+    inner: R,
+    /// Offset in the file of the next byte (a BOM counts).
+    offset: u64,
+    /// 1-based line of the next byte.
+    line: u64,
+    after_cr: bool,
+    quoting: Quoting,
+    /// Line of the quote that opened the current quoted cell.
+    quote_line: u64,
+    /// Bytes of the current row so far (0 between rows) and the line it starts on.
+    row_bytes: usize,
+    row_line: u64,
+    /// The start of a UTF-8 sequence cut by the end of a read.
+    utf8_tail: Vec<u8>,
+    /// Once set, every read fails: the parser must not see bytes past a refusal.
+    problem: Option<Problem>,
+}
+
+impl<R> Scanner<R> {
+    fn new(inner: R, offset: u64) -> Self {
+        Self {
+            inner,
+            offset,
+            line: 1,
+            after_cr: false,
+            quoting: Quoting::CellStart,
+            quote_line: 1,
+            row_bytes: 0,
+            row_line: 1,
+            utf8_tail: Vec::with_capacity(4),
+            problem: None,
+        }
+    }
+
+    /// Checks the next bytes of the stream.
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), Problem> {
+        let bad_utf8 = self.check_utf8(bytes);
+        let clean = bad_utf8.map_or(bytes.len(), |at| {
+            usize::try_from(at.saturating_sub(self.offset)).map_or(bytes.len(), |n| n.min(bytes.len()))
+        });
+        for &b in &bytes[..clean] {
+            self.step(b)?;
+        }
+        match bad_utf8 {
+            Some(offset) => Err(Problem::NotUtf8 {
+                line: self.line,
+                offset,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The offset of the first invalid UTF-8 sequence in `bytes` (or in the tail of the
+    /// previous read they complete), keeping an incomplete sequence at their end for later.
+    fn check_utf8(&mut self, bytes: &[u8]) -> Option<u64> {
+        let mut rest = bytes;
+        if !self.utf8_tail.is_empty() {
+            let start = self.offset - self.utf8_tail.len() as u64;
+            while let Some((&b, more)) = rest.split_first() {
+                self.utf8_tail.push(b);
+                rest = more;
+                match std::str::from_utf8(&self.utf8_tail) {
+                    Ok(_) => {
+                        self.utf8_tail.clear();
+                        break;
+                    }
+                    Err(e) if e.error_len().is_some() => return Some(start),
+                    Err(_) => {}
+                }
+            }
+            if !self.utf8_tail.is_empty() {
+                return None;
+            }
+        }
+        let rest_offset = self.offset + (bytes.len() - rest.len()) as u64;
+        match std::str::from_utf8(rest) {
+            Ok(_) => None,
+            Err(e) if e.error_len().is_some() => Some(rest_offset + e.valid_up_to() as u64),
+            Err(e) => {
+                self.utf8_tail.extend_from_slice(&rest[e.valid_up_to()..]);
+                None
+            }
+        }
+    }
+
+    fn step(&mut self, b: u8) -> Result<(), Problem> {
+        if b == 0 {
+            return Err(Problem::Binary { offset: self.offset });
+        }
+        let line = self.line;
+        if b == b'\r' || (b == b'\n' && !self.after_cr) {
+            self.line += 1;
+        }
+        self.after_cr = b == b'\r';
+        self.offset += 1;
+
+        use Quoting::*;
+        let (next, row_ends) = match (self.quoting, b) {
+            (Quoted, b'"') => (QuoteInQuoted, false),
+            (Quoted, _) => (Quoted, false),
+            (CellStart, b'"') => {
+                self.quote_line = line;
+                (Quoted, false)
+            }
+            (QuoteInQuoted, b'"') => (Quoted, false),
+            (_, b',') => (CellStart, false),
+            (_, b'\r' | b'\n') => (CellStart, true),
+            _ => (Unquoted, false),
+        };
+        self.quoting = next;
+        if row_ends {
+            self.row_bytes = 0;
+            return Ok(());
+        }
+        if self.row_bytes == 0 {
+            self.row_line = line;
+        }
+        self.row_bytes += 1;
+        if self.row_bytes > MAX_ROW_BYTES {
+            return Err(if self.quoting == Quoted {
+                Problem::QuoteTooLong {
+                    line: self.quote_line,
+                }
+            } else {
+                Problem::RowTooLong { line: self.row_line }
+            });
+        }
+        Ok(())
+    }
+
+    /// The end of the stream: nothing may be left half-open.
+    fn finish(&self) -> Result<(), Problem> {
+        if !self.utf8_tail.is_empty() {
+            return Err(Problem::NotUtf8 {
+                line: self.line,
+                offset: self.offset - self.utf8_tail.len() as u64,
+            });
+        }
+        if self.quoting == Quoting::Quoted {
+            return Err(Problem::UnclosedQuote {
+                line: self.quote_line,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Scanner<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.problem.is_some() {
+            return Poll::Ready(Err(refused()));
+        }
+        let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        let checked = if !read.is_empty() {
+            this.scan(read)
+        } else if asked {
+            this.finish()
+        } else {
+            Ok(())
+        };
+        match checked {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(problem) => {
+                this.problem = Some(problem);
+                Poll::Ready(Err(refused()))
+            }
+        }
+    }
+}
+
+/// The error the parser sees; [`file_error`] replaces it with the scanner's problem.
+fn refused() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "the CSV scanner refused the file")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const IMEI_A: &str = "490154203237518";
+    const IMEI_B: &str = "350377187371347";
+
+    /// Hands out its bytes `chunk` at a time, answering `Pending` before every read as a slow
+    /// network stream does; optionally fails once the bytes run out.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+        ready: bool,
+        fail_at_end: bool,
+    }
+
+    impl Trickle {
+        fn new(data: impl Into<Vec<u8>>, chunk: usize) -> Self {
+            Self {
+                data: data.into(),
+                pos: 0,
+                chunk,
+                ready: false,
+                fail_at_end: false,
+            }
+        }
+
+        fn failing(data: impl Into<Vec<u8>>) -> Self {
+            Self {
+                fail_at_end: true,
+                ..Self::new(data, 7)
+            }
+        }
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.ready {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = false;
+            if self.pos == self.data.len() && self.fail_at_end {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "reset by peer",
+                )));
+            }
+            let n = self.chunk.min(buf.remaining()).min(self.data.len() - self.pos);
+            let pos = self.pos;
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A header, then `body` repeated forever; counts the bytes it served.
+    struct Endless {
+        header: &'static [u8],
+        body: &'static [u8],
+        served: u64,
+    }
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let served = self.served as usize;
+            let byte = match served.checked_sub(self.header.len()) {
+                None => self.header[served],
+                Some(i) => self.body[i % self.body.len()],
+            };
+            buf.put_slice(&[byte]);
+            self.served += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_rows<R: AsyncRead + Unpin + Send>(
+        reader: R,
+        device_type: DeviceType,
+    ) -> Result<(Vec<String>, Vec<CsvRow>), FileError> {
+        let mut file = CsvFile::open(reader, device_type).await?;
+        let mut rows = Vec::new();
+        while let Some(row) = file.next_row().await? {
+            rows.push(row);
+        }
+        Ok((file.headers().to_vec(), rows))
+    }
+
+    async fn rows(data: &[u8], device_type: DeviceType) -> Result<Vec<CsvRow>, FileError> {
+        Ok(read_rows(Cursor::new(data.to_vec()), device_type).await?.1)
+    }
+
+    async fn records(data: &[u8], device_type: DeviceType) -> Result<Vec<(i32, Vec<String>)>, FileError> {
+        let mut file = CsvFile::open(Cursor::new(data.to_vec()), device_type).await?;
+        let mut out = Vec::new();
+        while let Some((n, record)) = file.next_record().await? {
+            out.push((n, record.iter().map(str::to_owned).collect()));
+        }
+        Ok(out)
+    }
+
+    async fn open_error(data: &[u8], device_type: DeviceType) -> FileError {
+        match rows(data, device_type).await {
+            Ok(rows) => panic!("read {} rows instead of failing", rows.len()),
+            Err(err) => err,
+        }
+    }
+
+    fn row(row_number: i32, uid: &str, uid2: Option<&str>) -> CsvRow {
+        CsvRow {
+            row_number,
+            uid: uid.to_owned(),
+            uid2: uid2.map(str::to_owned),
+        }
+    }
+
+    fn uids(rows: &[CsvRow]) -> Vec<(i32, &str)> {
+        rows.iter().map(|r| (r.row_number, r.uid.as_str())).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bom_and_crlf_line_ends_are_read_as_plain_text() {
+        let data = format!("\u{feff}imei,imei2\r\n{IMEI_A},\r\n{IMEI_B},{IMEI_A}\r\n");
+
+        let (headers, rows) = read_rows(Cursor::new(data.into_bytes()), DeviceType::Smartphone)
+            .await
+            .unwrap();
+
+        assert_eq!(headers, ["imei", "imei2"]);
+        assert_eq!(rows, [row(1, IMEI_A, None), row(2, IMEI_B, Some(IMEI_A))]);
+    }
+
+    #[tokio::test]
+    async fn a_quoted_bom_header_is_unquoted() {
+        let data = format!("\u{feff}\"imei\",\"note\"\n\"{IMEI_A}\",x\n");
+
+        let (headers, rows) = read_rows(Cursor::new(data.into_bytes()), DeviceType::Smartphone)
+            .await
+            .unwrap();
+
+        assert_eq!(headers, ["imei", "note"]);
+        assert_eq!(rows, [row(1, IMEI_A, None)]);
+    }
+
+    #[tokio::test]
+    async fn quoted_cells_keep_commas_line_breaks_and_escaped_quotes_and_rows_stay_numbered() {
+        let data = format!(
+            "imei,note\r\n\"{IMEI_A}\",\"a, b\"\r\n{IMEI_B},\"line 1\r\nline 2\n\"\"quoted\"\"\"\r\n\" {IMEI_A} \",\r\n"
+        );
+
+        let records = records(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+
+        assert_eq!(
+            records,
+            [
+                (1, vec![IMEI_A.to_owned(), "a, b".to_owned()]),
+                (
+                    2,
+                    vec![IMEI_B.to_owned(), "line 1\r\nline 2\n\"quoted\"".to_owned()]
+                ),
+                (3, vec![format!(" {IMEI_A} "), String::new()]),
+            ]
+        );
+        let rows = rows(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+        assert_eq!(uids(&rows), [(1, IMEI_A), (2, IMEI_B), (3, IMEI_A)]);
+    }
+
+    #[tokio::test]
+    async fn every_alias_of_the_key_column_is_accepted() {
+        for (device_type, name) in [
+            (DeviceType::Smartphone, "imei"),
+            (DeviceType::Smartphone, "deviceUid"),
+            (DeviceType::Smartphone, "IMEI"),
+            (DeviceType::Tablet, "serialNumber"),
+            (DeviceType::Tablet, "serial_number"),
+            (DeviceType::Tablet, "deviceUid"),
+        ] {
+            let data = format!("note,{name}\nx,KEY1\n");
+
+            let rows = rows(data.as_bytes(), device_type).await.unwrap();
+
+            assert_eq!(rows, [row(1, "KEY1", None)], "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn of_several_aliases_the_first_in_priority_order_wins() {
+        for (device_type, header, expected) in [
+            (DeviceType::Smartphone, "deviceUid,imei", "B"),
+            (DeviceType::Smartphone, "IMEI,deviceUid", "A"),
+            (DeviceType::Smartphone, "deviceUid,IMEI", "B"),
+            (DeviceType::Tablet, "deviceUid,serial_number,serialNumber", "C"),
+            (DeviceType::Tablet, "deviceUid,serial_number", "B"),
+            (DeviceType::Tablet, "serial_number,deviceUid", "A"),
+            // The same name twice: the leftmost.
+            (DeviceType::Smartphone, "imei,IMEI", "A"),
+        ] {
+            let data = format!("{header}\nA,B,C\n");
+
+            let rows = rows(data.as_bytes(), device_type).await.unwrap();
+
+            assert_eq!(rows[0].uid, expected, "{header}");
+        }
+    }
+
+    #[tokio::test]
+    async fn header_names_match_after_trimming_and_ignoring_case() {
+        let data = format!(" ImEi ,\tIMEI2 \n{IMEI_A},{IMEI_B}\n");
+
+        let (headers, phone) = read_rows(Cursor::new(data.into_bytes()), DeviceType::Smartphone)
+            .await
+            .unwrap();
+        let tablet = rows(b"  SERIAL_NUMBER\nab12cd34\n", DeviceType::Tablet)
+            .await
+            .unwrap();
+
+        assert_eq!(headers, [" ImEi ", "\tIMEI2 "], "headers stay as written");
+        assert_eq!(phone, [row(1, IMEI_A, Some(IMEI_B))]);
+        assert_eq!(tablet, [row(1, "ab12cd34", None)]);
+    }
+
+    #[tokio::test]
+    async fn extra_columns_and_surplus_cells_are_kept_in_the_record() {
+        let data = format!("note,imei,site\nhello,{IMEI_A},berlin,surplus\n,{IMEI_B}\n");
+
+        let records = records(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+
+        assert_eq!(
+            records,
+            [
+                (
+                    1,
+                    vec!["hello".into(), IMEI_A.into(), "berlin".into(), "surplus".into()]
+                ),
+                (2, vec![String::new(), IMEI_B.into()]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_second_imei_is_none_when_blank_or_missing() {
+        let data =
+            format!("imei,imei2\n{IMEI_A},{IMEI_B}\n{IMEI_A},\n{IMEI_A},  \n{IMEI_A}\n{IMEI_A}, {IMEI_B} \n");
+
+        let rows = rows(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+
+        assert_eq!(
+            rows,
+            [
+                row(1, IMEI_A, Some(IMEI_B)),
+                row(2, IMEI_A, None),
+                row(3, IMEI_A, None),
+                row(4, IMEI_A, None),
+                row(5, IMEI_A, Some(IMEI_B)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn without_an_imei2_column_or_for_tablets_there_is_no_second_key() {
+        let phone = rows(
+            format!("imei,note\n{IMEI_A},{IMEI_B}\n").as_bytes(),
+            DeviceType::Smartphone,
+        )
+        .await
+        .unwrap();
+        let tablet = rows(b"serialNumber,imei2\nAB12CD34,X\n", DeviceType::Tablet)
+            .await
+            .unwrap();
+
+        assert_eq!(phone, [row(1, IMEI_A, None)]);
+        assert_eq!(tablet, [row(1, "AB12CD34", None)]);
+    }
+
+    #[tokio::test]
+    async fn completely_empty_lines_are_skipped_but_lines_of_commas_spaces_or_empty_quotes_are_rows() {
+        let data = format!("\n\r\nimei,note\n\n{IMEI_A},a\r\n\r\n\n,\n\"\",x\n   \n\"\"\n{IMEI_B},b\n\n");
+
+        let rows = rows(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+
+        assert_eq!(
+            uids(&rows),
+            [(1, IMEI_A), (2, ""), (3, ""), (4, ""), (5, ""), (6, IMEI_B)]
+        );
+    }
+
+    #[tokio::test]
+    async fn lines_without_any_name_before_the_header_are_skipped() {
+        let data = format!("  \n,,\nimei\n{IMEI_A}\n");
+
+        let (headers, rows) = read_rows(Cursor::new(data.into_bytes()), DeviceType::Smartphone)
+            .await
+            .unwrap();
+
+        assert_eq!(headers, ["imei"]);
+        assert_eq!(uids(&rows), [(1, IMEI_A)]);
+    }
+
+    #[tokio::test]
+    async fn short_rows_read_missing_cells_as_empty() {
+        let data = "note,site,imei,imei2\nx\nx,y\nx,y,KEY\n";
+
+        let rows = rows(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+
+        assert_eq!(rows, [row(1, "", None), row(2, "", None), row(3, "KEY", None)]);
+    }
+
+    #[tokio::test]
+    async fn a_one_row_file_without_a_final_line_break_has_one_row() {
+        let data = format!("imei\n{IMEI_A}");
+
+        let rows = rows(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+        let count = validate(Cursor::new(data.into_bytes()), DeviceType::Smartphone, 10)
+            .await
+            .unwrap();
+
+        assert_eq!(rows, [row(1, IMEI_A, None)]);
+        assert_eq!(count, 1);
+    }
+
+    #[tokio::test]
+    async fn the_download_templates_read_back_as_one_row() {
+        for device_type in [DeviceType::Smartphone, DeviceType::Tablet] {
+            let template = crate::csv_format::template(device_type);
+
+            let rows = rows(template.as_bytes(), device_type).await.unwrap();
+
+            assert_eq!(rows.len(), 1);
+            assert!(crate::domain::device_uid::normalize(device_type, &rows[0].uid).is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_is_refused_as_empty() {
+        for data in [
+            &b""[..],
+            b"\xEF\xBB\xBF",
+            b"\n\r\n",
+            b"  \r\n\t\n \n",
+            b"\xEF\xBB\xBF , ,\n\"\"\n",
+        ] {
+            let err = open_error(data, DeviceType::Smartphone).await;
+
+            assert!(matches!(err, FileError::Empty), "{data:?}: {err:?}");
+            assert_eq!(err.to_string(), "the file is empty");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binary_file_is_refused_as_not_a_csv_text_file() {
+        let zip = b"PK\x03\x04\x14\x00\x06\x00\x08\x00";
+        let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR";
+
+        let zip_err = open_error(zip, DeviceType::Smartphone).await;
+        let png_err = open_error(png, DeviceType::Smartphone).await;
+
+        assert_eq!(
+            zip_err.to_string(),
+            "the file is not a CSV text file: it contains binary data (a NUL byte at offset 5)"
+        );
+        assert!(matches!(png_err, FileError::Binary { offset: 8 }), "{png_err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_nul_byte_deep_in_the_file_is_found_where_it_is() {
+        let mut data = format!("imei\n{}", format!("{IMEI_A}\n").repeat(200)).into_bytes();
+        let at = data.len();
+        data.extend_from_slice(b"49015\x00\n");
+
+        let err = open_error(&data, DeviceType::Smartphone).await;
+
+        assert!(
+            matches!(err, FileError::Binary { offset } if offset == at as u64 + 5),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_utf16_file_is_refused_with_a_hint() {
+        let data = b"\xFF\xFEi\x00m\x00e\x00i\x00\n\x00";
+
+        let err = open_error(data, DeviceType::Smartphone).await;
+
+        assert_eq!(
+            err.to_string(),
+            "the file is UTF-16 text, not UTF-8; save it as \"CSV UTF-8\" and upload it again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_latin1_file_is_refused_naming_the_line_and_offset() {
+        // "café" written in Latin-1: a lone 0xE9 at offset 10 + 16 + 3.
+        let mut bytes = format!("imei,note\n{IMEI_A},caf").into_bytes();
+        bytes.extend_from_slice(b"\xE9\n");
+        let mut with_bom = UTF8_BOM.to_vec();
+        with_bom.extend_from_slice(&bytes);
+
+        let err = open_error(&bytes, DeviceType::Smartphone).await;
+        let bom_err = open_error(&with_bom, DeviceType::Smartphone).await;
+
+        assert_eq!(
+            err.to_string(),
+            "the file is not UTF-8 text: invalid byte sequence on line 2 (offset 29); \
+             save it as \"CSV UTF-8\" and upload it again"
+        );
+        assert!(
+            matches!(bom_err, FileError::NotUtf8 { line: 2, offset: 32 }),
+            "offsets count the BOM: {bom_err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_in_the_header_and_a_sequence_cut_by_the_end_of_file_are_refused() {
+        let header = open_error(b"im\xC3\x28ei\n1\n", DeviceType::Smartphone).await;
+        let cut = open_error(b"imei\r\n49\r\n\"x\"\r\n\xE2\x82", DeviceType::Smartphone).await;
+
+        assert!(
+            matches!(header, FileError::NotUtf8 { line: 1, offset: 2 }),
+            "{header:?}"
+        );
+        assert!(
+            matches!(cut, FileError::NotUtf8 { line: 4, offset: 15 }),
+            "{cut:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_without_the_key_column_names_it_its_aliases_and_the_columns_found() {
+        let phone = open_error(b"serialNumber,note\nAB12CD34,x\n", DeviceType::Smartphone).await;
+        let tablet = open_error(b"imei, imei2\n1,2\n", DeviceType::Tablet).await;
+
+        assert!(phone.to_string().starts_with("the header has no imei column"));
+        assert_eq!(
+            phone.to_string(),
+            "the header has no imei column, which SMARTPHONE files need (also accepted: deviceUid, \
+             IMEI); columns found: \"serialNumber\", \"note\""
+        );
+        assert_eq!(
+            tablet.to_string(),
+            "the header has no serialNumber column, which TABLET files need (also accepted: \
+             serial_number, deviceUid); columns found: \"imei\", \"imei2\""
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_header_is_listed_truncated() {
+        let long = "x".repeat(100);
+        let mut names: Vec<String> = (0..24).map(|i| format!("c{i}")).collect();
+        names.insert(0, long);
+        let data = format!("{}\n1\n", names.join(","));
+
+        let err = open_error(data.as_bytes(), DeviceType::Tablet).await;
+
+        let FileError::MissingKeyColumn { found, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            found,
+            &format!(
+                "\"{}\"…, \"c0\", \"c1\", \"c2\", \"c3\", \"c4\", \"c5\", \"c6\", \"c7\", \"c8\", and 15 more",
+                "x".repeat(40)
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_semicolon_or_tab_separated_header_gets_a_hint() {
+        let semicolons = open_error(b"imei;imei2\n1;2\n", DeviceType::Smartphone).await;
+        let tabs = open_error(b"serialNumber\tnote\n1\t2\n", DeviceType::Tablet).await;
+
+        assert!(
+            semicolons
+                .to_string()
+                .ends_with("columns found: \"imei;imei2\" (the columns seem to be separated by semicolons; separate them by commas)"),
+            "{semicolons}"
+        );
+        assert!(tabs.to_string().contains("separated by tabs"), "{tabs}");
+    }
+
+    #[tokio::test]
+    async fn a_header_without_data_rows_fails_validation() {
+        for data in ["imei\n", "imei,imei2\r\n\r\n\n"] {
+            let err = validate(Cursor::new(data), DeviceType::Smartphone, 10)
+                .await
+                .unwrap_err();
+
+            assert!(matches!(err, FileError::NoDataRows), "{data:?}");
+            assert_eq!(err.to_string(), "the file has a header row but no data rows");
+        }
+    }
+
+    #[tokio::test]
+    async fn more_rows_than_the_maximum_fail_validation_naming_the_maximum() {
+        let data = format!("imei\n{IMEI_A}\n{IMEI_B}\n{IMEI_A}\n");
+
+        let at_max = validate(Cursor::new(data.clone()), DeviceType::Smartphone, 3).await;
+        let over = validate(Cursor::new(data), DeviceType::Smartphone, 2)
+            .await
+            .unwrap_err();
+
+        assert_eq!(at_max.unwrap(), 3);
+        assert!(matches!(over, FileError::TooManyRows { max: 2 }));
+        assert_eq!(
+            over.to_string(),
+            "the file has more than 2 data rows, the most one upload may have"
+        );
+        assert_eq!(
+            FileError::TooManyRows { max: 1_000_000 }.to_string(),
+            "the file has more than 1,000,000 data rows, the most one upload may have"
+        );
+    }
+
+    #[tokio::test]
+    async fn validation_stops_reading_as_soon_as_the_maximum_is_exceeded() {
+        let mut endless = Endless {
+            header: b"imei\n",
+            body: b"490154203237518\n",
+            served: 0,
+        };
+
+        let err = validate(&mut endless, DeviceType::Smartphone, 1_000)
+            .await
+            .unwrap_err();
+
+        assert!(matches!(err, FileError::TooManyRows { max: 1_000 }));
+        assert!(
+            endless.served < 1_002 * 16 + 2 * BUFFER_BYTES as u64,
+            "{}",
+            endless.served
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unclosed_quote_fails_the_file_at_the_line_it_opens() {
+        let data = format!("imei,note\n{IMEI_A},ok\n{IMEI_B},\"open\n{IMEI_A},x\n");
+
+        let err = validate(Cursor::new(data), DeviceType::Smartphone, 10)
+            .await
+            .unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "the file is not valid CSV at line 3: a quoted cell starts there and is never closed"
+        );
+        let header = open_error(b"\"imei\n", DeviceType::Smartphone).await;
+        assert!(
+            matches!(header, FileError::Malformed { line: 1, .. }),
+            "{header:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quote_left_open_stops_reading_after_the_row_limit() {
+        let mut endless = Endless {
+            header: b"imei,note\n490154203237518,ok\n490154203237518,\"",
+            body: b"abc\n",
+            served: 0,
+        };
+
+        let err = validate(&mut endless, DeviceType::Smartphone, 1_000_000)
+            .await
+            .unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "the file is not valid CSV at line 3: a quoted cell starts there and is still open \
+             after 65,536 bytes (is its closing quote missing?)"
+        );
+        assert!(endless.served < (MAX_ROW_BYTES + 2 * BUFFER_BYTES) as u64);
+    }
+
+    #[tokio::test]
+    async fn a_row_over_the_limit_is_refused() {
+        let data = format!("imei,note\n{IMEI_A},ok\n{IMEI_A},{}\n", "x".repeat(MAX_ROW_BYTES));
+        let at_limit = format!("imei,note\n{IMEI_A},{}\n", "x".repeat(MAX_ROW_BYTES - 16));
+
+        let err = validate(Cursor::new(data), DeviceType::Smartphone, 10)
+            .await
+            .unwrap_err();
+        let ok = validate(Cursor::new(at_limit), DeviceType::Smartphone, 10).await;
+
+        assert_eq!(
+            err.to_string(),
+            "the file is not valid CSV at line 3: the row is longer than 65,536 bytes"
+        );
+        assert_eq!(ok.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_stream_is_a_transient_io_error() {
+        let mid_file = Trickle::failing(format!("imei\n{IMEI_A}\n{IMEI_B}\n"));
+        let at_start = Trickle::failing("");
+
+        let err = validate(mid_file, DeviceType::Smartphone, 10).await.unwrap_err();
+        let open_err = CsvFile::open(at_start, DeviceType::Smartphone)
+            .await
+            .err()
+            .unwrap();
+
+        assert!(matches!(err, FileError::Io(_)), "{err:?}");
+        assert!(err.is_transient());
+        assert!(open_err.is_transient());
+        assert_eq!(err.to_string(), "the file could not be read from storage");
+        let bad_file = open_error(b"", DeviceType::Smartphone).await;
+        assert!(!bad_file.is_transient());
+        assert!(
+            !FileError::Malformed {
+                line: 1,
+                reason: String::new()
+            }
+            .is_transient()
+        );
+    }
+
+    #[tokio::test]
+    async fn reading_in_tiny_chunks_splitting_bom_crlf_and_utf8_gives_the_same_records() {
+        let data = format!(
+            "\u{feff}imei,imei2,note\r\n{IMEI_A},,caf\u{e9} \u{1F600}\r\n\"{IMEI_B}\",{IMEI_A},\"a,\r\nb \"\"c\"\"\"\r\n\r\n,,\u{20AC}\r\n"
+        );
+        let expected = records(data.as_bytes(), DeviceType::Smartphone).await.unwrap();
+        assert_eq!(expected.len(), 3);
+        assert_eq!(expected[0].1[2], "caf\u{e9} \u{1F600}");
+
+        for chunk in 1..=7 {
+            let mut file = CsvFile::open(Trickle::new(data.clone(), chunk), DeviceType::Smartphone)
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while let Some((n, record)) = file.next_record().await.unwrap() {
+                got.push((n, record.iter().map(str::to_owned).collect::<Vec<_>>()));
+            }
+
+            assert_eq!(file.headers(), ["imei", "imei2", "note"], "chunk {chunk}");
+            assert_eq!(got, expected, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_split_across_reads_is_found_at_its_offset() {
+        // A three-byte sequence whose third byte is not a continuation byte.
+        let data = b"imei\n49015\xE2\x82A\n".to_vec();
+
+        for chunk in 1..=4 {
+            let err = read_rows(Trickle::new(data.clone(), chunk), DeviceType::Smartphone)
+                .await
+                .unwrap_err();
+
+            assert!(
+                matches!(err, FileError::NotUtf8 { line: 2, offset: 10 }),
+                "chunk {chunk}: {err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn validate_counts_a_large_file() {
+        let mut data = String::from("imei,imei2,note\r\n");
+        for i in 0..200_000u32 {
+            data.push_str(&format!("{i:015},,\"row {i}\"\r\n"));
+        }
+        let bytes = data.into_bytes();
+
+        let count = validate(Cursor::new(bytes.clone()), DeviceType::Smartphone, 1_000_000)
+            .await
+            .unwrap();
+        let over = validate(Cursor::new(bytes), DeviceType::Smartphone, 199_999).await;
+
+        assert_eq!(count, 200_000);
+        assert!(matches!(over, Err(FileError::TooManyRows { max: 199_999 })));
+    }
+
+    #[test]
+    fn thousands_are_separated_by_commas() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(65_536), "65,536");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// A file as a client would write it, and what reading it must give.
+    #[derive(Debug)]
+    struct Generated {
+        device_type: DeviceType,
+        header: Vec<String>,
+        key: usize,
+        key2: Option<usize>,
+        rows: Vec<Vec<String>>,
+    }
+
+    fn any_cell() -> impl Strategy<Value = String> {
+        "[ -~\r\n\t\u{e9}\u{20AC}\u{1F600}]{0,12}"
+    }
+
+    fn any_file() -> impl Strategy<Value = Generated> {
+        (
+            prop_oneof![Just(DeviceType::Smartphone), Just(DeviceType::Tablet)],
+            0usize..3,
+            any::<bool>(),
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            prop_oneof![Just(""), Just(" "), Just("\t")],
+            any::<bool>(),
+        )
+            .prop_flat_map(|(device_type, extras, with_imei2, key_at, alias, pad, upper)| {
+                let (names, _) = column_names(device_type);
+                let mut name = names[alias.index(names.len())].to_owned();
+                if upper {
+                    name = name.to_uppercase();
+                }
+                let mut header: Vec<String> = (0..extras).map(|i| format!("note{i}")).collect();
+                let key = key_at.index(header.len() + 1);
+                header.insert(key, format!("{pad}{name}{pad}"));
+                if with_imei2 {
+                    header.push("imei2".to_owned());
+                }
+                let width = header.len();
+                let rows = prop::collection::vec(prop::collection::vec(any_cell(), width), 0..30);
+                (Just((device_type, header, key, with_imei2)), rows)
+            })
+            .prop_map(|((device_type, header, key, with_imei2), rows)| Generated {
+                device_type,
+                key2: (with_imei2 && device_type == DeviceType::Smartphone).then_some(header.len() - 1),
+                header,
+                key,
+                rows,
+            })
+    }
+
+    fn write(file: &Generated, crlf: bool, bom: bool) -> Vec<u8> {
+        let terminator = if crlf {
+            csv::Terminator::CRLF
+        } else {
+            csv::Terminator::Any(b'\n')
+        };
+        let mut out = if bom { UTF8_BOM.to_vec() } else { Vec::new() };
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(terminator)
+            .from_writer(&mut out);
+        writer.write_record(&file.header).unwrap();
+        for row in &file.rows {
+            writer.write_record(row).unwrap();
+        }
+        writer.flush().unwrap();
+        drop(writer);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn rows_written_by_the_csv_crate_read_back_with_their_keys_and_numbers(
+            file in any_file(),
+            crlf in any::<bool>(),
+            bom in any::<bool>(),
+            chunk in 0usize..12,
+        ) {
+            let bytes = write(&file, crlf, bom);
+
+            let got = block_on(async {
+                let reader: Pin<Box<dyn AsyncRead + Send>> = if chunk == 0 {
+                    Box::pin(Cursor::new(bytes))
+                } else {
+                    Box::pin(Trickle::new(bytes, chunk))
+                };
+                let mut csv = CsvFile::open(reader, file.device_type).await?;
+                let mut got = Vec::new();
+                while let Some((n, record)) = csv.next_record().await? {
+                    let row = csv.row_of(n, &record);
+                    got.push((row, record.iter().map(str::to_owned).collect::<Vec<_>>()));
+                }
+                Ok::<_, FileError>((csv.headers().to_vec(), got))
+            });
+
+            let (headers, got) = got.unwrap();
+            prop_assert_eq!(&headers, &file.header);
+            prop_assert_eq!(got.len(), file.rows.len());
+            for (i, ((row, record), written)) in got.iter().zip(&file.rows).enumerate() {
+                let expected = CsvRow {
+                    row_number: i as i32 + 1,
+                    uid: written[file.key].trim().to_owned(),
+                    uid2: file.key2.map(|k| written[k].trim().to_owned()).filter(|s| !s.is_empty()),
+                };
+                prop_assert_eq!(row, &expected);
+                prop_assert_eq!(record, written);
+            }
+        }
+
+        #[test]
+        fn any_text_reads_as_the_csv_crate_reads_it_and_fails_exactly_when_a_quote_is_left_open(
+            soup in "[a ,\"\r\n]{0,80}",
+        ) {
+            let data = format!("imei,x\n{soup}");
+            // The csv crate's records, header skipped. Adding `"`, a line break and `b` closes
+            // an open quoted cell and adds exactly the record ["b"]; in any other state the
+            // quote lands inside a cell or opens a new one that swallows the rest.
+            let theirs = |text: &str| -> Vec<Vec<String>> {
+                csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(text.as_bytes())
+                    .records()
+                    .skip(1)
+                    .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+                    .collect()
+            };
+            let mut closed = theirs(&data);
+            closed.push(vec!["b".to_owned()]);
+            let left_open = theirs(&format!("{data}\"\nb")) == closed;
+
+            let ours = block_on(records(data.as_bytes(), DeviceType::Smartphone));
+
+            match ours {
+                Ok(ours) => {
+                    prop_assert!(!left_open);
+                    let ours: Vec<Vec<String>> = ours.into_iter().map(|(_, r)| r).collect();
+                    prop_assert_eq!(ours, theirs(&data));
+                }
+                Err(FileError::Malformed { .. }) => prop_assert!(left_open),
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+}
