@@ -8,6 +8,8 @@
 pub mod db;
 pub mod sqs;
 
+pub use db::DbQueue;
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -23,6 +25,9 @@ pub const DISPATCH_QUEUE: &str = "dispatch";
 pub const CHUNK_QUEUE: &str = "chunks";
 /// Attempts before a job is dead-lettered, unless a backend says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Longest lease or retry delay honoured (longer ones are cut to it): SQS's limit on a
+/// visibility timeout, applied by both backends so they behave alike.
+pub const MAX_LEASE: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// What a job asks for; serialised as its payload / message body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +101,9 @@ pub enum QueueError {
     Sqs(String),
     #[error("job payload: {0}")]
     Payload(#[from] serde_json::Error),
+    /// A delivery handed to a queue that did not produce it (a bug in the caller).
+    #[error("delivery handle {0:?} does not belong to this queue")]
+    ForeignHandle(String),
 }
 
 /// A queue of jobs with leases (visibility timeouts), retries and a dead letter.

@@ -8,6 +8,7 @@ mod api_contract;
 mod auth;
 mod finalize;
 mod prepare;
+mod queue_db;
 mod schema;
 mod storage_local;
 mod storage_s3;
