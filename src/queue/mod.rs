@@ -9,6 +9,7 @@ pub mod db;
 pub mod sqs;
 
 pub use db::DbQueue;
+pub use sqs::SqsQueue;
 
 use std::time::Duration;
 
@@ -104,6 +105,9 @@ pub enum QueueError {
     /// A delivery handed to a queue that did not produce it (a bug in the caller).
     #[error("delivery handle {0:?} does not belong to this queue")]
     ForeignHandle(String),
+    /// The backend cannot carry a job this large (SQS: 256 KiB per message).
+    #[error("job {key} is {bytes} bytes as JSON; the queue takes at most {limit}")]
+    TooLarge { key: String, bytes: usize, limit: usize },
 }
 
 /// A queue of jobs with leases (visibility timeouts), retries and a dead letter.
