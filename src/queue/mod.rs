@@ -8,6 +8,9 @@
 pub mod db;
 pub mod sqs;
 
+pub use db::DbQueue;
+pub use sqs::SqsQueue;
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -23,6 +26,9 @@ pub const DISPATCH_QUEUE: &str = "dispatch";
 pub const CHUNK_QUEUE: &str = "chunks";
 /// Attempts before a job is dead-lettered, unless a backend says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Longest lease or retry delay honoured (longer ones are cut to it): SQS's limit on a
+/// visibility timeout, applied by both backends so they behave alike.
+pub const MAX_LEASE: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// What a job asks for; serialised as its payload / message body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +102,12 @@ pub enum QueueError {
     Sqs(String),
     #[error("job payload: {0}")]
     Payload(#[from] serde_json::Error),
+    /// A delivery handed to a queue that did not produce it (a bug in the caller).
+    #[error("delivery handle {0:?} does not belong to this queue")]
+    ForeignHandle(String),
+    /// The backend cannot carry a job this large (SQS: 256 KiB per message).
+    #[error("job {key} is {bytes} bytes as JSON; the queue takes at most {limit}")]
+    TooLarge { key: String, bytes: usize, limit: usize },
 }
 
 /// A queue of jobs with leases (visibility timeouts), retries and a dead letter.

@@ -8,6 +8,8 @@ mod api_contract;
 mod auth;
 mod finalize;
 mod prepare;
+mod queue_db;
+mod queue_sqs;
 mod schema;
 mod storage_local;
 mod storage_s3;
