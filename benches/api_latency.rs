@@ -84,7 +84,8 @@ async fn run(label: &str, mut settings: Settings) {
 
     // Declared sizes do not matter to finalize; a 1,000,000-row file shows it.
     let big = big_csv(1_000_000);
-    let (_, big_prep) = gql(PREPARE, json!({"n": 1_000_000})).await;
+    let (_, body) = gql(PREPARE, json!({"n": 1_000_000})).await;
+    let big_prep = body["data"]["prepareBatchUpload"].clone();
     upload(&http, &big_prep["fileUpload"], big.clone()).await;
     for p in &prepared {
         upload(&http, &p["fileUpload"], b"imei\n490154203237518\n".to_vec()).await;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ConnectionTrait, DbErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbErr, Value};
 
 use crate::auth::{Identity, Permission};
 use crate::domain::tenancy;
@@ -59,9 +59,9 @@ pub async fn ancestry(db: &impl ConnectionTrait, tenant_id: &str) -> Result<Vec<
          ) SELECT id, parent_id FROM chain"
     );
     let rows = db
-        .query_all(Statement::from_sql_and_values(
+        .query_all(crate::db::stmt(
             db.get_database_backend(),
-            sql,
+            &sql,
             [Value::from(tenant_id)],
         ))
         .await?;
@@ -89,9 +89,9 @@ pub async fn subtree(db: &impl ConnectionTrait, tenant_id: &str) -> Result<Vec<S
          ) SELECT DISTINCT id FROM sub"
     );
     let rows = db
-        .query_all(Statement::from_sql_and_values(
+        .query_all(crate::db::stmt(
             db.get_database_backend(),
-            sql,
+            &sql,
             [Value::from(tenant_id)],
         ))
         .await?;

@@ -18,8 +18,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the API and GraphiQL (the default).
+    /// Serve the API and GraphiQL (the default); on the embedded default also the workers.
     Serve,
+    /// Run the dispatcher and workers only (production: PostgreSQL + SQS + S3).
+    Worker,
     /// Apply database migrations (and seed demo data with --demo-data), then exit.
     Migrate,
     /// Print the GraphQL schema (SDL).
@@ -50,6 +52,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             telemetry::init(settings.log_json);
             Application::build(settings).await?.run_until_stopped().await?;
+        }
+        Command::Worker => {
+            telemetry::init(settings.log_json);
+            crate::startup::run_worker(settings, None).await?;
         }
         Command::Migrate => {
             telemetry::init(settings.log_json);

@@ -71,3 +71,42 @@ pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A raw statement written with PostgreSQL's `$1, $2, …` placeholders, for either backend.
+///
+/// SQLite reads `$1` as a *named* parameter numbered by first appearance, so a statement
+/// that uses `$2` before `$1`, or one twice, would bind the wrong values; its `?NNN` form is
+/// positional, so the placeholders are rewritten to it.
+pub fn stmt(backend: DbBackend, sql: &str, values: impl IntoIterator<Item = sea_orm::Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Sqlite => positional_placeholders(sql),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn positional_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positional_placeholders;
+
+    #[test]
+    fn placeholders_become_positional_for_sqlite() {
+        assert_eq!(
+            positional_placeholders("UPDATE t SET a = a + $2, b = $2 WHERE id = $1 AND s = 'x$'"),
+            "UPDATE t SET a = a + ?2, b = ?2 WHERE id = ?1 AND s = 'x$'"
+        );
+    }
+}

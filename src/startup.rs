@@ -3,15 +3,20 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::auth::{Verifier, load_or_create_secret};
 use crate::config::Settings;
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
 use crate::{db, demo, graphql, http};
@@ -23,11 +28,13 @@ pub struct Application {
     public_url: Url,
     router: Router,
     state: AppState,
+    pipeline: Arc<Pipeline>,
+    workers: usize,
 }
 
 impl Application {
     /// Connects and migrates the database, seeds demo data where due, opens object storage
-    /// and binds the listener (port 0 picks a free port).
+    /// and the queues, and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         Self::build_with_aws(settings, None).await
     }
@@ -46,30 +53,29 @@ impl Application {
             Some(url) => url.clone(),
             None => Url::parse(&format!("http://{address}/"))?,
         };
-
-        let db = db::connect(&settings).await?;
-        db::migrate(&db).await?;
-        if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
-            demo::seed(&db).await.context("seeding demo data")?;
-            tracing::info!("demo data seeded");
-        }
-
-        let (storage, storage_routes) = storage(&settings, &public_url, aws).await?;
+        let parts = Components::build(&settings, &public_url, aws).await?;
+        // On the embedded default everything runs in this process; elsewhere `serve` is
+        // API-only unless told otherwise and `fleetload worker` processes do the work.
+        let workers = settings
+            .workers
+            .unwrap_or(if settings.uses_embedded_database() { 2 } else { 0 });
         let verifier = verifier(&settings)?;
         let state = AppState {
-            db,
-            storage,
+            db: parts.db,
+            storage: parts.storage,
             verifier: Arc::new(verifier),
             settings: Arc::new(settings),
         };
         let schema = graphql::build_schema(state.clone());
-        let router = http::router(state.clone(), schema, storage_routes);
+        let router = http::router(state.clone(), schema, parts.storage_routes);
         Ok(Self {
             listener,
             address,
             public_url,
             router,
             state,
+            pipeline: parts.pipeline,
+            workers,
         })
     }
 
@@ -90,33 +96,123 @@ impl Application {
         &self.state
     }
 
-    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+    /// The pipeline this process runs; tests drain it step by step.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Serves until SIGINT or SIGTERM.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves (and runs this process's workers) until `shutdown` completes; then stops
+    /// taking requests and jobs and lets the ones in hand finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        tracing::info!(address = %self.address, url = %self.public_url, "serving");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        tracing::info!(address = %self.address, url = %self.public_url, workers = self.workers, "serving");
+        let stop = CancellationToken::new();
+        let workers = self.pipeline.spawn(self.workers, stop.clone());
+        let stopping = stop.clone();
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.cancel();
+            })
+            .await;
+        stop.cancel();
+        futures::future::join_all(workers).await;
+        served
+    }
+}
+
+/// Runs only the pipeline (`fleetload worker`): dispatcher and workers, no API.
+pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) -> anyhow::Result<()> {
+    let public_url = match &settings.public_url {
+        Some(url) => url.clone(),
+        None => Url::parse(&format!("http://{}/", settings.listen))?,
+    };
+    let parts = Components::build(&settings, &public_url, aws).await?;
+    let workers = settings.workers.unwrap_or(4).max(1);
+    tracing::info!(workers, "worker running");
+    let stop = CancellationToken::new();
+    let handles = parts.pipeline.spawn(workers, stop.clone());
+    shutdown_signal().await;
+    stop.cancel();
+    futures::future::join_all(handles).await;
+    Ok(())
+}
+
+/// What both `serve` and `worker` are built from.
+pub struct Components {
+    pub db: DatabaseConnection,
+    pub storage: Arc<dyn ObjectStore>,
+    /// The local store's upload endpoint, when storage is local.
+    pub storage_routes: Option<Router>,
+    pub pipeline: Arc<Pipeline>,
+}
+
+impl Components {
+    /// Connects and migrates the database, seeds demo data where due, opens object storage
+    /// and the queues.
+    pub async fn build(
+        settings: &Settings,
+        public_url: &Url,
+        aws: Option<aws_config::SdkConfig>,
+    ) -> anyhow::Result<Self> {
+        let db = db::connect(settings).await?;
+        db::migrate(&db).await?;
+        if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
+            demo::seed(&db).await.context("seeding demo data")?;
+            tracing::info!("demo data seeded");
+        }
+        let aws = match aws {
+            Some(sdk) => Some(sdk),
+            None if settings.s3_bucket.is_some() || settings.sqs_queue_url.is_some() => {
+                Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+            }
+            None => None,
+        };
+        let (storage, storage_routes) = storage(settings, public_url, aws.as_ref()).await?;
+        let dispatch: Arc<dyn Queue> =
+            Arc::new(DbQueue::new(db.clone(), DISPATCH_QUEUE, DEFAULT_MAX_ATTEMPTS));
+        let chunks: Arc<dyn Queue> = match (&settings.sqs_queue_url, &aws) {
+            (Some(url), Some(sdk)) => Arc::new(
+                SqsQueue::new(sdk, url.clone(), settings.sqs_endpoint_url.as_ref())
+                    .await
+                    .context("configuring SQS")?,
+            ),
+            _ => Arc::new(DbQueue::new(db.clone(), CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS)),
+        };
+        let pipeline = Arc::new(Pipeline::new(
+            db.clone(),
+            storage.clone(),
+            dispatch,
+            chunks,
+            PipelineSettings {
+                chunk_size: settings.chunk_size.max(1),
+                max_rows: settings.max_rows,
+                lease: Duration::from_secs(settings.job_lease_secs.max(1)),
+                poll_wait: Duration::from_secs(1),
+            },
+        ));
+        Ok(Self {
+            db,
+            storage,
+            storage_routes,
+            pipeline,
+        })
     }
 }
 
 async fn storage(
     settings: &Settings,
     public_url: &Url,
-    aws: Option<aws_config::SdkConfig>,
+    aws: Option<&aws_config::SdkConfig>,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, Option<Router>)> {
-    match &settings.s3_bucket {
-        Some(bucket) => {
-            let sdk = match aws {
-                Some(sdk) => sdk,
-                None => aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-            };
+    match (&settings.s3_bucket, aws) {
+        (Some(bucket), Some(sdk)) => {
             let store = S3Store::new(
-                &sdk,
+                sdk,
                 bucket.clone(),
                 settings.s3_endpoint_url.as_ref(),
                 settings.s3_force_path_style,
@@ -125,7 +221,7 @@ async fn storage(
             .context("configuring S3")?;
             Ok((Arc::new(store), None))
         }
-        None => {
+        _ => {
             let secret =
                 load_or_create_secret(&settings.data_dir, "storage-secret").context("storage secret")?;
             let store = Arc::new(
@@ -154,7 +250,7 @@ pub fn jwt_secret(settings: &Settings) -> anyhow::Result<SecretString> {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -8,6 +8,7 @@ pub mod device;
 pub mod job;
 pub mod tenant;
 pub mod upload;
+pub mod upload_chunk;
 pub mod workflow;
 
 pub mod prelude {
@@ -17,5 +18,6 @@ pub mod prelude {
     pub use super::job::Entity as Job;
     pub use super::tenant::Entity as Tenant;
     pub use super::upload::Entity as Upload;
+    pub use super::upload_chunk::Entity as UploadChunk;
     pub use super::workflow::Entity as Workflow;
 }

@@ -57,6 +57,8 @@ pub struct Model {
     /// REGISTER's target service type, copied so workers need not join.
     pub action_service_type: Option<i32>,
     pub workflow_id: Option<String>,
+    /// The workflow's service type, copied for ASSIGN_WORKFLOW's per-row check.
+    pub workflow_service_type: Option<i32>,
     pub brand_id: Option<i32>,
     pub provision_type: Option<String>,
     pub sim_control_name: Option<String>,

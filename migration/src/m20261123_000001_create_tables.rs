@@ -125,6 +125,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Uploads::ActionKind).string_len(24).not_null())
                     .col(ColumnDef::new(Uploads::ActionServiceType).integer().null())
                     .col(ColumnDef::new(Uploads::WorkflowId).string_len(64).null())
+                    .col(ColumnDef::new(Uploads::WorkflowServiceType).integer().null())
                     .col(ColumnDef::new(Uploads::BrandId).integer().null())
                     .col(ColumnDef::new(Uploads::ProvisionType).string().null())
                     .col(ColumnDef::new(Uploads::SimControlName).string().null())
@@ -419,6 +420,7 @@ enum Uploads {
     ActionKind,
     ActionServiceType,
     WorkflowId,
+    WorkflowServiceType,
     BrandId,
     ProvisionType,
     SimControlName,

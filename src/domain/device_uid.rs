@@ -13,6 +13,8 @@ pub enum InvalidUid {
     ImeiChecksum,
     #[error("a serial number has 8 to 20 letters or digits")]
     SerialFormat,
+    #[error("imei2: {0}")]
+    Second(Box<InvalidUid>),
 }
 
 /// The canonical key of a device as the file wrote it, or why it is not one.

@@ -1,4 +1,10 @@
-//! The processing pipeline: reads an upload's CSV from storage, decides each row's outcome and
-//! applies it.
+//! The processing pipeline: the dispatcher reads an uploaded file into chunk jobs, workers
+//! decide each row's outcome with pure rules and apply it in one transaction per chunk.
 
 pub mod csv_file;
+pub mod dispatcher;
+pub mod rules;
+pub mod runner;
+pub mod worker;
+
+pub use runner::{Pipeline, PipelineSettings, Step};

@@ -55,7 +55,7 @@ pub struct ChunkRow {
     /// 1-based number of the data row (the header is not counted).
     #[serde(rename = "n")]
     pub row_number: i32,
-    /// The device key cell as written (the result echoes it).
+    /// The device key cell, trimmed (the result echoes it).
     #[serde(rename = "k")]
     pub uid: String,
     /// A smartphone's second IMEI cell, when present and not blank.

@@ -197,6 +197,25 @@ impl ObjectStore for LocalStore {
         tokio::fs::rename(&temp, &target).await?;
         Ok(())
     }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let source = self.path_of(from)?;
+        if tokio::fs::metadata(&source).await.is_err() {
+            return Err(StorageError::NotFound(from.to_owned()));
+        }
+        let target = self.path_of(to)?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        // A hard link costs nothing and keeps the bytes even when an upload later replaces
+        // the source (uploads rename a new file into place); copy where links are refused.
+        let temp = self.root.join(".incoming").join(uuid::Uuid::new_v4().to_string());
+        if tokio::fs::hard_link(&source, &temp).await.is_err() {
+            tokio::fs::copy(&source, &temp).await?;
+        }
+        tokio::fs::rename(&temp, &target).await?;
+        Ok(())
+    }
 }
 
 /// An S3-shaped error response, so clients handle both stores the same way.

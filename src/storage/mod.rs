@@ -59,11 +59,20 @@ pub trait ObjectStore: Send + Sync {
 
     /// Stores the file at `path` under `key` (server-written objects: reports, retry files).
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError>;
+
+    /// Copies `from` to `to` inside the store (server side on S3). The pipeline reads a copy
+    /// so that a client re-posting to the upload URL cannot change a file being processed.
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
 }
 
 /// The key an upload's CSV is stored under; dated so storage lifecycle rules can expire it.
 pub fn upload_key(public_id: &str, at: DateTime<Utc>) -> String {
     format!("uploads/{}/{public_id}.csv", at.format("%Y/%m/%d"))
+}
+
+/// The immutable copy of an upload's file that the pipeline reads.
+pub fn snapshot_key(object_key: &str) -> String {
+    format!("snapshots/{object_key}")
 }
 
 /// Keys are ours, but the local store maps them onto the file system: refuse anything that

@@ -174,6 +174,25 @@ impl ObjectStore for S3Store {
             .map_err(s3_error)?;
         Ok(())
     }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let source = format!("{}/{from}", self.bucket);
+        match self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(source)
+            .key(to)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                Err(StorageError::NotFound(from.to_owned()))
+            }
+            Err(err) => Err(s3_error(err)),
+        }
+    }
 }
 
 #[cfg(test)]

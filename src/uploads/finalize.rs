@@ -43,14 +43,14 @@ pub async fn finalize(
 
     // The old frontend may name the workflow only now; it must pass the same checks as at
     // prepare, against the upload's action.
-    let workflow_id = match input.workflow_id.as_deref() {
+    let (workflow_id, workflow_service_type) = match input.workflow_id.as_deref() {
         Some(id) if upload.workflow_id.as_deref() != Some(id) => {
             let action = action_in_scope(db, &scope, &upload.action_id).await?;
             let workflow = workflow_in_scope(db, &scope, id).await?;
             check_action_workflow(&action, Some(&workflow))?;
-            Some(workflow.id)
+            (Some(workflow.id), Some(workflow.service_type))
         }
-        _ => upload.workflow_id.clone(),
+        _ => (upload.workflow_id.clone(), upload.workflow_service_type),
     };
 
     if state.storage.head(&upload.object_key).await?.is_none() {
@@ -65,6 +65,10 @@ pub async fn finalize(
     let flipped = Upload::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Queued))
         .col_expr(upload::Column::WorkflowId, Expr::value(workflow_id))
+        .col_expr(
+            upload::Column::WorkflowServiceType,
+            Expr::value(workflow_service_type),
+        )
         .col_expr(
             upload::Column::SimControlName,
             Expr::value(input.sim_control_name),

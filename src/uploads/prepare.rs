@@ -70,6 +70,7 @@ pub async fn prepare(
         action_id: Set(action.id),
         action_kind: Set(action.kind),
         action_service_type: Set(action.target_service_type),
+        workflow_service_type: Set(workflow.as_ref().map(|w| w.service_type)),
         workflow_id: Set(workflow.map(|w| w.id)),
         brand_id: Set(input.brand_id),
         provision_type: Set(input.provision_type),

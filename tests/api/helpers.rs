@@ -5,8 +5,11 @@
 
 use std::sync::Once;
 
+use std::sync::Arc;
+
 use fleetload::auth::{Permission, mint_token};
 use fleetload::config::Settings;
+use fleetload::pipeline::{Pipeline, Step};
 use fleetload::startup::{Application, jwt_secret};
 use fleetload::state::AppState;
 use secrecy::SecretString;
@@ -66,6 +69,7 @@ pub struct TestApp {
     pub url: String,
     pub http: reqwest::Client,
     pub state: AppState,
+    pub pipeline: Arc<Pipeline>,
     pub settings: Settings,
     pub data_dir: TempDir,
     pub backend: Backend,
@@ -100,6 +104,8 @@ pub async fn spawn_app_full(
     settings.jwt_issuer = None;
     settings.jwt_audience = "fleetload".into();
     settings.db_max_connections = 8;
+    // Tests drain the pipeline step by step; a test that wants background workers sets them.
+    settings.workers = Some(0);
     let pg = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
@@ -111,12 +117,23 @@ pub async fn spawn_app_full(
         }
     };
     configure(&mut settings);
+    start(backend, settings, data_dir, pg, aws).await
+}
+
+async fn start(
+    backend: Backend,
+    settings: Settings,
+    data_dir: TempDir,
+    pg: Option<PgDatabase>,
+    aws: Option<aws_config::SdkConfig>,
+) -> TestApp {
     let secret = jwt_secret(&settings).expect("jwt secret");
     let app = Application::build_with_aws(settings.clone(), aws)
         .await
         .expect("app builds");
     let url = app.public_url().as_str().trim_end_matches('/').to_owned();
     let state = app.state().clone();
+    let pipeline = app.pipeline().clone();
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
@@ -125,6 +142,7 @@ pub async fn spawn_app_full(
         url,
         http: reqwest::Client::new(),
         state,
+        pipeline,
         settings,
         data_dir,
         backend,
@@ -132,6 +150,25 @@ pub async fn spawn_app_full(
         stop: Some(stop),
         _pg: pg,
     }
+}
+
+/// What outlives a server process: its settings, data dir and database.
+pub struct Persisted {
+    backend: Backend,
+    settings: Settings,
+    data_dir: TempDir,
+    pg: Option<PgDatabase>,
+}
+
+/// Starts a new server process on what an earlier one left behind.
+pub async fn respawn(parts: Persisted) -> TestApp {
+    let Persisted {
+        backend,
+        settings,
+        data_dir,
+        pg,
+    } = parts;
+    start(backend, settings, data_dir, pg, None).await
 }
 
 impl Drop for TestApp {
@@ -143,6 +180,17 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Stops the server (as if its process died) and keeps its database and data dir.
+    pub fn into_parts(mut self) -> Persisted {
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("temp dir"));
+        Persisted {
+            backend: self.backend,
+            settings: self.settings.clone(),
+            data_dir,
+            pg: self._pg.take(),
+        }
+    }
+
     /// A token for `user` with root tenant `tenant`, signed with this app's secret.
     pub fn token_with(&self, user: &str, tenant: &str, permissions: &[Permission]) -> String {
         mint_token(&self.secret, user, tenant, permissions, "fleetload", None, 3600).unwrap()
@@ -207,6 +255,69 @@ impl TestApp {
             json!({"tenantId": tenant, "uploadId": upload_id}),
         )
         .await
+    }
+
+    /// Runs pipeline jobs until none is left; returns how many ran.
+    pub async fn drain(&self) -> usize {
+        drain(&self.pipeline).await
+    }
+
+    /// prepare → POST the file → finalize, as alice in `demo` unless `vars` say otherwise;
+    /// returns the upload id. `vars` are prepare's variables over a REGISTER default.
+    pub async fn upload_csv(&self, token: &str, vars: Value, csv: impl Into<Vec<u8>>) -> String {
+        let mut all =
+            json!({"tenantId": "demo", "assignActionId": "register-prepaid", "rowCount": 1, "deviceType": 1});
+        all.as_object_mut()
+            .unwrap()
+            .extend(vars.as_object().unwrap().clone());
+        let tenant = all["tenantId"].as_str().unwrap().to_owned();
+        let payload = self.prepare(token, all).await;
+        let upload_id = payload["uploadId"].as_str().unwrap().to_owned();
+        let resp = self.post_file(&payload["fileUpload"], csv.into()).await;
+        assert!(resp.status().is_success(), "upload refused: {}", resp.status());
+        let body = self.finalize(token, &tenant, &upload_id).await;
+        assert_eq!(body["data"]["finalizeBatchUpload"], "QUEUED", "{body}");
+        upload_id
+    }
+
+    /// The upload's status and counters as a client reads them.
+    pub async fn upload_state(&self, token: &str, tenant: &str, upload_id: &str) -> Value {
+        let body = self
+            .gql(
+                Some(token),
+                "query($t: String!, $id: String!) { upload(tenantId: $t, uploadId: $id) { status totalRows processedRows succeeded failed failureReason startedAt finishedAt } }",
+                json!({"t": tenant, "id": upload_id}),
+            )
+            .await;
+        assert!(body.get("errors").is_none(), "{body}");
+        body["data"]["upload"].clone()
+    }
+
+    /// Result rows of an upload straight from the database: `(row, uid, outcome, code)`.
+    pub async fn results(&self, upload_id: &str) -> Vec<(i32, String, String, Option<String>)> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+        let upload = entity::prelude::Upload::find()
+            .filter(entity::upload::Column::PublicId.eq(upload_id))
+            .one(&self.state.db)
+            .await
+            .unwrap()
+            .unwrap();
+        entity::prelude::BatchResult::find()
+            .filter(entity::batch_result::Column::UploadId.eq(upload.id))
+            .order_by_asc(entity::batch_result::Column::RowNumber)
+            .all(&self.state.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                let outcome = if r.outcome == entity::batch_result::Outcome::Success {
+                    "SUCCESS"
+                } else {
+                    "FAIL"
+                };
+                (r.row_number, r.device_uid, outcome.to_owned(), r.error_code)
+            })
+            .collect()
     }
 
     pub async fn count_jobs(&self) -> u64 {
@@ -350,4 +461,37 @@ impl Drop for PgDatabase {
         })
         .join();
     }
+}
+
+/// Runs `pipeline`'s jobs until none is left; returns how many ran.
+pub async fn drain(pipeline: &Pipeline) -> usize {
+    let mut ran = 0;
+    while pipeline.try_execute_next().await.expect("queue reachable") == Step::Done {
+        ran += 1;
+        assert!(ran < 100_000, "the pipeline never runs dry");
+    }
+    ran
+}
+
+/// `n` distinct valid IMEIs starting from `seed` (Luhn check digit appended).
+pub fn imeis(seed: u64, n: usize) -> Vec<String> {
+    (0..n as u64)
+        .map(|i| {
+            let body = format!("{:014}", 35_000_000_000_000u64 + seed * 10_000_000 + i);
+            let check = fleetload::domain::device_uid::luhn_check_digit(&body);
+            format!("{body}{check}")
+        })
+        .collect()
+}
+
+/// A CSV of the given key column and rows (LF line ends).
+pub fn csv(header: &str, keys: &[String]) -> Vec<u8> {
+    let mut out = String::with_capacity(keys.len() * 17 + header.len() + 1);
+    out.push_str(header);
+    out.push('\n');
+    for k in keys {
+        out.push_str(k);
+        out.push('\n');
+    }
+    out.into_bytes()
 }

@@ -1,0 +1,247 @@
+//! The dispatcher: turns a QUEUED upload's file into chunk jobs.
+//!
+//! It reads an immutable snapshot of the file twice, streaming (memory does not grow with
+//! the file): pass 1 checks the whole file and counts its rows, so a bad file fails the
+//! upload before any result exists; pass 2 marks later repeats of a device key and sends the
+//! rows in chunks. Re-running it (a redelivered job, a dispatcher that died) sends the same
+//! chunks again, which the workers ignore.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use entity::prelude::*;
+use entity::upload::{self, UploadStatus};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+
+use super::csv_file::{self, CsvFile, FileError};
+use crate::domain::DeviceType;
+use crate::domain::device_uid;
+use crate::queue::{ChunkJob, ChunkRow, JobPayload, Queue, QueueError};
+use crate::storage::{ObjectStore, StorageError, snapshot_key};
+
+/// Chunks handed to the queue per send (SQS takes ten per call).
+const CHUNKS_PER_SEND: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchOutcome {
+    /// The rows went out as `chunks` chunk jobs.
+    FannedOut { rows: u32, chunks: u32 },
+    /// The file is not a usable CSV: the upload FAILED with this reason and no results.
+    Rejected(String),
+    /// The upload is not waiting for dispatch (cancelled, already finished, …).
+    Skipped(UploadStatus),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("reading the file: {0}")]
+    Read(FileError),
+    #[error("upload {0} does not exist")]
+    UploadMissing(i64),
+}
+
+impl DispatchError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::UploadMissing(_))
+    }
+}
+
+/// What the dispatcher needs from the process around it.
+pub struct Dispatcher<'a> {
+    pub db: &'a DatabaseConnection,
+    pub storage: &'a dyn ObjectStore,
+    pub chunks: &'a dyn Queue,
+    pub chunk_size: usize,
+    pub max_rows: u32,
+}
+
+impl Dispatcher<'_> {
+    #[tracing::instrument(skip_all, fields(upload_id))]
+    pub async fn dispatch(&self, upload_id: i64) -> Result<DispatchOutcome, DispatchError> {
+        let upload = Upload::find_by_id(upload_id)
+            .one(self.db)
+            .await?
+            .ok_or(DispatchError::UploadMissing(upload_id))?;
+        if !matches!(upload.status, UploadStatus::Queued | UploadStatus::Processing) {
+            return Ok(DispatchOutcome::Skipped(upload.status));
+        }
+        let Some(device_type) = DeviceType::from_code(upload.device_type.into()) else {
+            return self
+                .reject(&upload, "the upload names an unknown device type".into())
+                .await;
+        };
+
+        let source = snapshot_key(&upload.object_key);
+        if self.storage.head(&source).await?.is_none() {
+            match self.storage.copy(&upload.object_key, &source).await {
+                Ok(()) => {}
+                Err(StorageError::NotFound(_)) => {
+                    return self
+                        .reject(&upload, "the uploaded file is gone from storage".into())
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        let rows =
+            match csv_file::validate(self.storage.get(&source).await?, device_type, self.max_rows).await {
+                Ok(rows) => rows,
+                Err(e) if e.is_transient() => return Err(DispatchError::Read(e)),
+                Err(e) => return self.reject(&upload, e.to_string()).await,
+            };
+        if !self.start(&upload, rows).await? {
+            let now = Upload::find_by_id(upload_id)
+                .one(self.db)
+                .await?
+                .map_or(UploadStatus::Failed, |u| u.status);
+            return Ok(DispatchOutcome::Skipped(now));
+        }
+
+        let chunks = self.fan_out(&upload, device_type, &source).await?;
+        tracing::info!(rows, chunks, "upload dispatched");
+        Ok(DispatchOutcome::FannedOut { rows, chunks })
+    }
+
+    /// QUEUED → PROCESSING with the file's real row count (a re-run keeps `started_at`).
+    async fn start(&self, upload: &upload::Model, rows: u32) -> Result<bool, DbErr> {
+        let now = Utc::now();
+        let result = Upload::update_many()
+            .col_expr(upload::Column::Status, Expr::value(UploadStatus::Processing))
+            .col_expr(upload::Column::TotalRows, Expr::value(rows as i32))
+            .col_expr(
+                upload::Column::StartedAt,
+                Expr::value(upload.started_at.unwrap_or(now)),
+            )
+            .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+            .filter(upload::Column::Id.eq(upload.id))
+            .filter(upload::Column::Status.is_in([UploadStatus::Queued, UploadStatus::Processing]))
+            .exec(self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    async fn reject(&self, upload: &upload::Model, reason: String) -> Result<DispatchOutcome, DispatchError> {
+        tracing::info!(upload_id = upload.id, %reason, "upload rejected");
+        fail_upload(self.db, upload.id, &reason).await?;
+        Ok(DispatchOutcome::Rejected(reason))
+    }
+
+    async fn fan_out(
+        &self,
+        upload: &upload::Model,
+        device_type: DeviceType,
+        source: &str,
+    ) -> Result<u32, DispatchError> {
+        let mut file = CsvFile::open(self.storage.get(source).await?, device_type)
+            .await
+            .map_err(DispatchError::Read)?;
+        let mut seen = HashSet::new();
+        let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
+        let mut rows = Vec::with_capacity(self.chunk_size);
+        let mut chunk = 0i32;
+        while let Some(row) = file.next_row().await.map_err(DispatchError::Read)? {
+            let duplicate = match device_uid::normalize(device_type, &row.uid) {
+                Ok(key) => !seen.insert(dedupe_key(&key)),
+                // Invalid keys fail on their own; they cannot repeat a device.
+                Err(_) => false,
+            };
+            rows.push(ChunkRow {
+                row_number: row.row_number,
+                uid: row.uid,
+                uid2: row.uid2,
+                duplicate,
+            });
+            if rows.len() == self.chunk_size {
+                let full = std::mem::replace(&mut rows, Vec::with_capacity(self.chunk_size));
+                pending.push(JobPayload::ProcessChunk(ChunkJob {
+                    upload_id: upload.id,
+                    chunk,
+                    rows: full,
+                }));
+                chunk += 1;
+                if pending.len() == CHUNKS_PER_SEND {
+                    self.chunks.send(&pending).await?;
+                    pending.clear();
+                }
+            }
+        }
+        if !rows.is_empty() {
+            pending.push(JobPayload::ProcessChunk(ChunkJob {
+                upload_id: upload.id,
+                chunk,
+                rows,
+            }));
+            chunk += 1;
+        }
+        if !pending.is_empty() {
+            self.chunks.send(&pending).await?;
+        }
+        Ok(chunk as u32)
+    }
+}
+
+/// FAILED with `reason`, unless the upload already reached a terminal state. Results
+/// already written stay.
+pub async fn fail_upload(db: &DatabaseConnection, upload_id: i64, reason: &str) -> Result<bool, DbErr> {
+    let now = Utc::now();
+    let result = Upload::update_many()
+        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Failed))
+        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_owned()))
+        .col_expr(upload::Column::FinishedAt, Expr::value(now))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::Id.eq(upload_id))
+        .filter(upload::Column::Status.is_in([
+            UploadStatus::Prepared,
+            UploadStatus::Queued,
+            UploadStatus::Processing,
+        ]))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// A normalised key packed into 16 bytes, so the set of keys seen stays compact (about
+/// 16 MiB per million rows) and exact: an IMEI is a 15-digit number; a serial number is
+/// up to 20 base-36 digits (< 36^20 < 2^104), kept apart by its length.
+pub fn dedupe_key(normalized: &str) -> u128 {
+    let value = normalized.bytes().fold(0u128, |acc, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'A'..=b'Z' => b - b'A' + 10,
+            _ => 0,
+        };
+        acc.wrapping_mul(36).wrapping_add(u128::from(digit))
+    });
+    (value << 5) | normalized.len() as u128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dedupe_key;
+    use proptest::prelude::*;
+
+    #[test]
+    fn leading_zeros_do_not_collide() {
+        assert_ne!(dedupe_key("0000000A1"), dedupe_key("000000A1"));
+    }
+
+    proptest! {
+        #[test]
+        fn distinct_serials_get_distinct_keys(a in "[A-Z0-9]{8,20}", b in "[A-Z0-9]{8,20}") {
+            prop_assert_eq!(a == b, dedupe_key(&a) == dedupe_key(&b));
+        }
+
+        #[test]
+        fn distinct_imeis_get_distinct_keys(a in "[0-9]{15}", b in "[0-9]{15}") {
+            prop_assert_eq!(a == b, dedupe_key(&a) == dedupe_key(&b));
+        }
+    }
+}

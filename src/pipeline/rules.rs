@@ -1,0 +1,527 @@
+//! Which outcome does this row get? A pure function of the row, the device it names (if
+//! any) and the upload's action: exactly one outcome per row, and the first error that
+//! applies in the order of SPEC §5. No I/O here, so it is property-tested in isolation.
+
+use entity::action::ActionKind;
+use entity::device::state;
+
+use crate::domain::DeviceType;
+use crate::domain::device_uid::{self, InvalidUid};
+
+/// Row errors, in the order SPEC §5 checks them: the first that applies is the row's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RowError {
+    InvalidDeviceUid,
+    DuplicateInFile,
+    DeviceNotFound,
+    DeviceOwnedByOtherTenant,
+    WrongStateDevice,
+    WrongServiceType,
+    AlreadyInWorkflow,
+    NoWorkflowToExit,
+}
+
+impl RowError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidDeviceUid => "INVALID_DEVICE_UID",
+            Self::DuplicateInFile => "DUPLICATE_IN_FILE",
+            Self::DeviceNotFound => "DEVICE_NOT_FOUND",
+            Self::DeviceOwnedByOtherTenant => "DEVICE_OWNED_BY_OTHER_TENANT",
+            Self::WrongStateDevice => "WRONG_STATE_DEVICE",
+            Self::WrongServiceType => "WRONG_SERVICE_TYPE",
+            Self::AlreadyInWorkflow => "ALREADY_IN_WORKFLOW",
+            Self::NoWorkflowToExit => "NO_WORKFLOW_TO_EXIT",
+        }
+    }
+}
+
+/// What an upload does to each of its devices, fixed at prepare/finalize.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionContext {
+    pub kind: ActionKind,
+    pub device_type: DeviceType,
+    /// Devices must be in (or, for REGISTER, are created in) this workspace.
+    pub target_tenant: String,
+    /// REGISTER's target service type.
+    pub target_service_type: i32,
+    /// The workflow to assign (REGISTER, ASSIGN_WORKFLOW) and its service type.
+    pub workflow: Option<(String, i32)>,
+    pub brand_id: Option<i32>,
+}
+
+/// The parts of a stored device the rules look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceView {
+    pub id: i64,
+    pub tenant_id: String,
+    pub state: i16,
+    pub service_type: i32,
+    pub workflow_id: Option<String>,
+}
+
+/// A row as the worker sees it: its key already checked, and whether it repeats an
+/// earlier row of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowInput {
+    pub key: Result<String, InvalidUid>,
+    /// A smartphone's second IMEI, checked like the first.
+    pub key2: Option<String>,
+    pub duplicate: bool,
+}
+
+impl RowInput {
+    /// A second IMEI that is present but invalid makes the row invalid: silently dropping
+    /// what the operator wrote would register a device differently than asked.
+    pub fn new(device_type: DeviceType, raw_uid: &str, raw_uid2: Option<&str>, duplicate: bool) -> Self {
+        let second = match (device_type, raw_uid2.map(str::trim).filter(|s| !s.is_empty())) {
+            (DeviceType::Smartphone, Some(raw)) => Some(device_uid::normalize(device_type, raw)),
+            _ => None,
+        };
+        let (key, key2) = match (device_uid::normalize(device_type, raw_uid), second) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(_), Some(Err(e))) => (Err(InvalidUid::Second(Box::new(e))), None),
+            (Ok(k), Some(Ok(k2))) => (Ok(k), Some(k2)),
+            (Ok(k), None) => (Ok(k), None),
+        };
+        Self { key, key2, duplicate }
+    }
+
+    /// The key the worker looks devices up by: valid rows that are not repeats.
+    pub fn lookup_key(&self) -> Option<&str> {
+        match &self.key {
+            Ok(key) if !self.duplicate => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// A row's change to the devices table when it succeeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// REGISTER of an unknown key: insert it READY_FOR_USE in the target tenant.
+    Create,
+    /// REGISTER of an IDLE device of the tenant: READY_FOR_USE, new service type, brand,
+    /// and the workflow if any.
+    Register {
+        device_id: i64,
+    },
+    AssignWorkflow {
+        device_id: i64,
+    },
+    ExitWorkflow {
+        device_id: i64,
+    },
+    Deregister {
+        device_id: i64,
+    },
+}
+
+/// The one outcome of a row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Success(Effect),
+    Fail(RowError, String),
+}
+
+/// Decides one row. `device` is the stored device of the row's key, if any.
+pub fn decide(row: &RowInput, device: Option<&DeviceView>, ctx: &ActionContext) -> Decision {
+    let fail = |error: RowError, message: String| Decision::Fail(error, message);
+    if let Err(why) = &row.key {
+        return fail(RowError::InvalidDeviceUid, why.to_string());
+    }
+    if row.duplicate {
+        return fail(
+            RowError::DuplicateInFile,
+            "an earlier row of the file has this device".into(),
+        );
+    }
+    let Some(device) = device else {
+        return match ctx.kind {
+            ActionKind::Register => Decision::Success(Effect::Create),
+            _ => fail(RowError::DeviceNotFound, "no device with this key".into()),
+        };
+    };
+    if device.tenant_id != ctx.target_tenant {
+        return fail(
+            RowError::DeviceOwnedByOtherTenant,
+            "the device belongs to another tenant".into(),
+        );
+    }
+    let id = device.id;
+    match ctx.kind {
+        ActionKind::Register => {
+            if device.state != state::IDLE {
+                return fail(
+                    RowError::WrongStateDevice,
+                    format!("REGISTER needs IDLE, the device is {}", state_name(device.state)),
+                );
+            }
+            // The workflow is assigned after the REGISTER: a device already in one cannot take it.
+            if ctx.workflow.is_some() && device.workflow_id.is_some() {
+                return fail(
+                    RowError::AlreadyInWorkflow,
+                    "the device already has an active workflow".into(),
+                );
+            }
+            Decision::Success(Effect::Register { device_id: id })
+        }
+        ActionKind::AssignWorkflow => {
+            if !matches!(device.state, state::READY_FOR_USE | state::ACTIVE | state::LOCKED) {
+                return fail(
+                    RowError::WrongStateDevice,
+                    format!(
+                        "ASSIGN_WORKFLOW needs READY_FOR_USE, ACTIVE or LOCKED, the device is {}",
+                        state_name(device.state)
+                    ),
+                );
+            }
+            let workflow_service_type = ctx.workflow.as_ref().map(|(_, st)| *st);
+            if workflow_service_type != Some(device.service_type) {
+                return fail(
+                    RowError::WrongServiceType,
+                    format!(
+                        "the device has service type {}, the workflow needs {}",
+                        device.service_type,
+                        workflow_service_type.map_or_else(|| "none".to_owned(), |st| st.to_string())
+                    ),
+                );
+            }
+            if device.workflow_id.is_some() {
+                return fail(
+                    RowError::AlreadyInWorkflow,
+                    "the device already has an active workflow".into(),
+                );
+            }
+            Decision::Success(Effect::AssignWorkflow { device_id: id })
+        }
+        ActionKind::ExitWorkflow => {
+            if device.workflow_id.is_none() {
+                return fail(
+                    RowError::NoWorkflowToExit,
+                    "the device has no active workflow".into(),
+                );
+            }
+            Decision::Success(Effect::ExitWorkflow { device_id: id })
+        }
+        ActionKind::Deregister => {
+            if device.state != state::READY_FOR_USE {
+                return fail(
+                    RowError::WrongStateDevice,
+                    format!(
+                        "DEREGISTER needs READY_FOR_USE, the device is {}",
+                        state_name(device.state)
+                    ),
+                );
+            }
+            if device.workflow_id.is_some() {
+                return fail(
+                    RowError::AlreadyInWorkflow,
+                    "the device has an active workflow; exit it first".into(),
+                );
+            }
+            Decision::Success(Effect::Deregister { device_id: id })
+        }
+    }
+}
+
+fn state_name(state: i16) -> String {
+    match state {
+        state::IDLE => "IDLE".into(),
+        state::READY_FOR_USE => "READY_FOR_USE".into(),
+        state::ACTIVE => "ACTIVE".into(),
+        state::LOCKED => "LOCKED".into(),
+        other => format!("in state {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const IMEI: &str = "490154203237518";
+
+    fn ctx(kind: ActionKind, workflow: Option<i32>) -> ActionContext {
+        ActionContext {
+            kind,
+            device_type: DeviceType::Smartphone,
+            target_tenant: "demo".into(),
+            target_service_type: 2,
+            workflow: workflow.map(|st| ("wf".to_owned(), st)),
+            brand_id: None,
+        }
+    }
+
+    fn device(tenant: &str, state: i16, service_type: i32, workflow: bool) -> DeviceView {
+        DeviceView {
+            id: 9,
+            tenant_id: tenant.into(),
+            state,
+            service_type,
+            workflow_id: workflow.then(|| "w0".to_owned()),
+        }
+    }
+
+    fn row(duplicate: bool) -> RowInput {
+        RowInput::new(DeviceType::Smartphone, IMEI, None, duplicate)
+    }
+
+    fn error_of(d: Decision) -> Option<RowError> {
+        match d {
+            Decision::Fail(e, _) => Some(e),
+            Decision::Success(_) => None,
+        }
+    }
+
+    #[test]
+    fn seed_001_inventory_devices_register_prepaid_with_a_prepaid_workflow() {
+        // IDLE, service type 6 (INVENTORY), REGISTER via register-prepaid (target 2) with a
+        // service-type-2 workflow: the old system failed every one of these rows.
+        let inventory = device("demo", state::IDLE, 6, false);
+        assert_eq!(
+            decide(&row(false), Some(&inventory), &ctx(ActionKind::Register, Some(2))),
+            Decision::Success(Effect::Register { device_id: 9 })
+        );
+    }
+
+    #[test]
+    fn register_creates_unknown_devices_and_refuses_registered_ones() {
+        let c = ctx(ActionKind::Register, None);
+        assert_eq!(decide(&row(false), None, &c), Decision::Success(Effect::Create));
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::READY_FOR_USE, 2, false)),
+                &c
+            )),
+            Some(RowError::WrongStateDevice)
+        );
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("acme", state::IDLE, 6, false)),
+                &c
+            )),
+            Some(RowError::DeviceOwnedByOtherTenant)
+        );
+    }
+
+    #[test]
+    fn each_action_checks_its_own_conditions() {
+        let assign = ctx(ActionKind::AssignWorkflow, Some(2));
+        assert_eq!(
+            error_of(decide(&row(false), None, &assign)),
+            Some(RowError::DeviceNotFound)
+        );
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::IDLE, 2, false)),
+                &assign
+            )),
+            Some(RowError::WrongStateDevice)
+        );
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::ACTIVE, 6, false)),
+                &assign
+            )),
+            Some(RowError::WrongServiceType)
+        );
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::LOCKED, 2, true)),
+                &assign
+            )),
+            Some(RowError::AlreadyInWorkflow)
+        );
+        assert!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::READY_FOR_USE, 2, false)),
+                &assign
+            ))
+            .is_none()
+        );
+
+        let exit = ctx(ActionKind::ExitWorkflow, None);
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::ACTIVE, 2, false)),
+                &exit
+            )),
+            Some(RowError::NoWorkflowToExit)
+        );
+        assert_eq!(
+            decide(&row(false), Some(&device("demo", state::ACTIVE, 2, true)), &exit),
+            Decision::Success(Effect::ExitWorkflow { device_id: 9 })
+        );
+
+        let dereg = ctx(ActionKind::Deregister, None);
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::ACTIVE, 2, false)),
+                &dereg
+            )),
+            Some(RowError::WrongStateDevice)
+        );
+        assert_eq!(
+            error_of(decide(
+                &row(false),
+                Some(&device("demo", state::READY_FOR_USE, 2, true)),
+                &dereg
+            )),
+            Some(RowError::AlreadyInWorkflow)
+        );
+        assert_eq!(
+            decide(
+                &row(false),
+                Some(&device("demo", state::READY_FOR_USE, 2, false)),
+                &dereg
+            ),
+            Decision::Success(Effect::Deregister { device_id: 9 })
+        );
+    }
+
+    #[test]
+    fn an_invalid_second_imei_makes_the_row_invalid() {
+        let row = RowInput::new(DeviceType::Smartphone, IMEI, Some("123"), false);
+        assert_eq!(
+            error_of(decide(&row, None, &ctx(ActionKind::Register, None))),
+            Some(RowError::InvalidDeviceUid)
+        );
+        let ok = RowInput::new(DeviceType::Smartphone, IMEI, Some(" 356938035643809 "), false);
+        assert_eq!(ok.key2.as_deref(), Some("356938035643809"));
+        let blank = RowInput::new(DeviceType::Smartphone, IMEI, Some("  "), false);
+        assert_eq!((blank.key.is_ok(), blank.key2), (true, None));
+    }
+
+    #[test]
+    fn key_and_duplicate_errors_come_first() {
+        let bad = RowInput::new(DeviceType::Smartphone, "490154203237519", None, true);
+        assert_eq!(
+            error_of(decide(&bad, None, &ctx(ActionKind::Register, None))),
+            Some(RowError::InvalidDeviceUid)
+        );
+        assert_eq!(
+            error_of(decide(&row(true), None, &ctx(ActionKind::Register, None))),
+            Some(RowError::DuplicateInFile)
+        );
+        assert_eq!(row(true).lookup_key(), None);
+        assert_eq!(row(false).lookup_key(), Some(IMEI));
+    }
+
+    fn kinds() -> impl Strategy<Value = ActionKind> {
+        prop_oneof![
+            Just(ActionKind::Register),
+            Just(ActionKind::AssignWorkflow),
+            Just(ActionKind::ExitWorkflow),
+            Just(ActionKind::Deregister)
+        ]
+    }
+
+    fn devices() -> impl Strategy<Value = Option<DeviceView>> {
+        proptest::option::of(
+            (
+                prop_oneof![Just("demo"), Just("acme")],
+                prop_oneof![Just(1i16), Just(2), Just(4), Just(5), Just(3)],
+                prop_oneof![Just(2), Just(6)],
+                any::<bool>(),
+            )
+                .prop_map(|(t, s, st, wf)| device(t, s, st, wf)),
+        )
+    }
+
+    fn rows() -> impl Strategy<Value = RowInput> {
+        let keys = || {
+            prop_oneof![
+                Just(IMEI.to_owned()),
+                Just("490154203237519".to_owned()),
+                "[0-9]{15}",
+                ".{0,20}"
+            ]
+        };
+        (keys(), proptest::option::of(keys()), any::<bool>())
+            .prop_map(|(raw, raw2, dup)| RowInput::new(DeviceType::Smartphone, &raw, raw2.as_deref(), dup))
+    }
+
+    /// Every check of SPEC §5 evaluated independently; the decision must report the first
+    /// that holds, and succeed exactly when none does.
+    fn applicable(row: &RowInput, d: Option<&DeviceView>, c: &ActionContext) -> Vec<RowError> {
+        let mut errors = Vec::new();
+        if row.key.is_err() {
+            errors.push(RowError::InvalidDeviceUid);
+        }
+        if row.duplicate {
+            errors.push(RowError::DuplicateInFile);
+        }
+        match d {
+            None if c.kind != ActionKind::Register => errors.push(RowError::DeviceNotFound),
+            None => {}
+            Some(d) => {
+                if d.tenant_id != c.target_tenant {
+                    errors.push(RowError::DeviceOwnedByOtherTenant);
+                }
+                let state_ok = match c.kind {
+                    ActionKind::Register => d.state == state::IDLE,
+                    ActionKind::AssignWorkflow => {
+                        [state::READY_FOR_USE, state::ACTIVE, state::LOCKED].contains(&d.state)
+                    }
+                    ActionKind::ExitWorkflow => true,
+                    ActionKind::Deregister => d.state == state::READY_FOR_USE,
+                };
+                if !state_ok {
+                    errors.push(RowError::WrongStateDevice);
+                }
+                if c.kind == ActionKind::AssignWorkflow
+                    && c.workflow.as_ref().map(|w| w.1) != Some(d.service_type)
+                {
+                    errors.push(RowError::WrongServiceType);
+                }
+                let blocks_workflow = match c.kind {
+                    ActionKind::Register => c.workflow.is_some(),
+                    ActionKind::AssignWorkflow | ActionKind::Deregister => true,
+                    ActionKind::ExitWorkflow => false,
+                };
+                if blocks_workflow && d.workflow_id.is_some() {
+                    errors.push(RowError::AlreadyInWorkflow);
+                }
+                if c.kind == ActionKind::ExitWorkflow && d.workflow_id.is_none() {
+                    errors.push(RowError::NoWorkflowToExit);
+                }
+            }
+        }
+        errors
+    }
+
+    proptest! {
+        #[test]
+        fn each_row_gets_exactly_the_first_applicable_error_or_success(
+            row in rows(), device in devices(), kind in kinds(), workflow in proptest::option::of(prop_oneof![Just(2), Just(6)])
+        ) {
+            let c = ctx(kind, workflow);
+            let decision = decide(&row, device.as_ref(), &c);
+            let expected = applicable(&row, device.as_ref(), &c).into_iter().min();
+            prop_assert_eq!(error_of(decision.clone()), expected);
+            if let Decision::Success(effect) = decision {
+                // A success changes exactly the device it names (or creates one).
+                match (&effect, &device) {
+                    (Effect::Create, None) => prop_assert_eq!(kind, ActionKind::Register),
+                    (Effect::Create, Some(_)) => prop_assert!(false, "create over an existing device"),
+                    (_, Some(d)) => {
+                        let names_it = matches!(effect,
+                            Effect::Register { device_id } | Effect::AssignWorkflow { device_id }
+                            | Effect::ExitWorkflow { device_id } | Effect::Deregister { device_id } if device_id == d.id);
+                        prop_assert!(names_it, "{:?} on device {}", effect, d.id);
+                    }
+                    (_, None) => prop_assert!(false, "an effect on a missing device"),
+                }
+            }
+        }
+    }
+}

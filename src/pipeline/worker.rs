@@ -1,0 +1,399 @@
+//! Applies one chunk of an upload in ONE transaction: load the chunk's devices with one
+//! set-based query, decide every row with the pure rules, apply the effects with set-based
+//! statements, insert the result rows, and add to the counters what this transaction
+//! inserted. A marker row claimed first makes a redelivered or re-run chunk a no-op.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::device::{self, state};
+use entity::prelude::*;
+use entity::upload::{self, UploadStatus};
+use entity::{batch_result, upload_chunk};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QuerySelect, Set, TransactionTrait, Value,
+};
+
+use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
+use crate::domain::DeviceType;
+use crate::queue::ChunkJob;
+
+/// Rows per statement: keeps every statement under SQLite's and PostgreSQL's bind limits
+/// whatever the configured chunk size.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// The chunk's effects and results committed; `finished` is set when it was the last.
+    Applied {
+        succeeded: i32,
+        failed: i32,
+        finished: Option<UploadStatus>,
+    },
+    /// An earlier delivery already applied this chunk.
+    AlreadyApplied,
+    /// The upload is no longer processing (cancelled or failed): nothing was written.
+    Skipped(UploadStatus),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+    #[error("upload {0} does not exist")]
+    UploadMissing(i64),
+    #[error("upload {0} is inconsistent: {1}")]
+    Inconsistent(i64, &'static str),
+}
+
+impl ChunkError {
+    /// Database trouble (busy, connection lost, deadlock) may pass; the rest will not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db(_))
+    }
+}
+
+#[tracing::instrument(skip_all, fields(upload_id = job.upload_id, chunk = job.chunk, rows = job.rows.len()))]
+pub async fn apply_chunk(db: &DatabaseConnection, job: &ChunkJob) -> Result<ChunkOutcome, ChunkError> {
+    let txn = db.begin().await?;
+    let now = Utc::now();
+    // First statement: on SQLite it takes the write lock, so nothing read below can be
+    // changed by another writer before this transaction commits.
+    let claimed = UploadChunk::insert(upload_chunk::ActiveModel {
+        upload_id: Set(job.upload_id),
+        chunk: Set(job.chunk),
+        rows: Set(job.rows.len() as i32),
+        applied_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::columns([upload_chunk::Column::UploadId, upload_chunk::Column::Chunk])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    if claimed == 0 {
+        txn.rollback().await?;
+        return Ok(ChunkOutcome::AlreadyApplied);
+    }
+
+    let upload = Upload::find_by_id(job.upload_id)
+        .one(&txn)
+        .await?
+        .ok_or(ChunkError::UploadMissing(job.upload_id))?;
+    if upload.status != UploadStatus::Processing {
+        txn.rollback().await?;
+        return Ok(ChunkOutcome::Skipped(upload.status));
+    }
+    let ctx = action_context(&upload)?;
+
+    let inputs: Vec<RowInput> = job
+        .rows
+        .iter()
+        .map(|r| RowInput::new(ctx.device_type, &r.uid, r.uid2.as_deref(), r.duplicate))
+        .collect();
+    let keys: Vec<&str> = inputs.iter().filter_map(RowInput::lookup_key).collect();
+    let devices = load_devices(&txn, ctx.device_type, &keys).await?;
+    let mut decisions: Vec<Decision> = inputs
+        .iter()
+        .map(|row| decide(row, row.lookup_key().and_then(|k| devices.get(k)), &ctx))
+        .collect();
+
+    let to_create: Vec<usize> = (0..decisions.len())
+        .filter(|&i| decisions[i] == Decision::Success(Effect::Create))
+        .collect();
+    if !to_create.is_empty() {
+        let created = create_devices(&txn, &ctx, &inputs, &to_create, now).await?;
+        // Another upload created some of these keys since they were looked up: decide those
+        // rows again against the device that now exists (never a unique-key failure).
+        let raced: Vec<usize> = to_create
+            .into_iter()
+            .filter(|&i| inputs[i].lookup_key().is_some_and(|k| !created.contains(k)))
+            .collect();
+        if !raced.is_empty() {
+            let keys: Vec<&str> = raced.iter().filter_map(|&i| inputs[i].lookup_key()).collect();
+            let now_there = load_devices(&txn, ctx.device_type, &keys).await?;
+            for i in raced {
+                decisions[i] = decide(
+                    &inputs[i],
+                    inputs[i].lookup_key().and_then(|k| now_there.get(k)),
+                    &ctx,
+                );
+            }
+        }
+    }
+    apply_updates(&txn, &ctx, &decisions, now).await?;
+
+    let (succeeded, failed) = insert_results(&txn, job, &decisions).await?;
+    let finished = add_to_counters(&txn, upload.id, succeeded, failed, now).await?;
+    let Some(status) = finished else {
+        // The upload left PROCESSING while this chunk ran (e.g. cancelled): write nothing.
+        txn.rollback().await?;
+        let current = Upload::find_by_id(job.upload_id)
+            .one(db)
+            .await?
+            .map_or(UploadStatus::Failed, |u| u.status);
+        return Ok(ChunkOutcome::Skipped(current));
+    };
+    txn.commit().await?;
+    let finished = status.is_terminal().then_some(status);
+    if let Some(status) = finished {
+        tracing::info!(?status, "upload finished");
+    }
+    Ok(ChunkOutcome::Applied {
+        succeeded,
+        failed,
+        finished,
+    })
+}
+
+fn action_context(upload: &upload::Model) -> Result<ActionContext, ChunkError> {
+    let device_type = DeviceType::from_code(upload.device_type.into())
+        .ok_or(ChunkError::Inconsistent(upload.id, "unknown device type"))?;
+    Ok(ActionContext {
+        kind: upload.action_kind,
+        device_type,
+        target_tenant: upload.target_tenant_id.clone(),
+        target_service_type: upload.action_service_type.unwrap_or_default(),
+        workflow: upload
+            .workflow_id
+            .clone()
+            .map(|id| (id, upload.workflow_service_type.unwrap_or_default())),
+        brand_id: upload.brand_id,
+    })
+}
+
+/// The stored devices of `keys`, locked for this transaction on PostgreSQL (on SQLite the
+/// transaction already holds the database's write lock).
+async fn load_devices(
+    txn: &DatabaseTransaction,
+    device_type: DeviceType,
+    keys: &[&str],
+) -> Result<HashMap<String, DeviceView>, DbErr> {
+    let mut found = HashMap::with_capacity(keys.len());
+    for slice in keys.chunks(ROWS_PER_STATEMENT) {
+        let rows = Device::find()
+            .filter(device::Column::DeviceType.eq(device_type.code()))
+            .filter(device::Column::Uid.is_in(slice.iter().copied()))
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+        for d in rows {
+            let view = DeviceView {
+                id: d.id,
+                tenant_id: d.tenant_id,
+                state: d.state,
+                service_type: d.service_type,
+                workflow_id: d.workflow_id,
+            };
+            found.insert(d.uid, view);
+        }
+    }
+    Ok(found)
+}
+
+/// Inserts the devices REGISTER creates; returns the keys this transaction inserted.
+async fn create_devices(
+    txn: &DatabaseTransaction,
+    ctx: &ActionContext,
+    inputs: &[RowInput],
+    rows: &[usize],
+    now: DateTime<Utc>,
+) -> Result<HashSet<String>, DbErr> {
+    let backend = txn.get_database_backend();
+    let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
+    let mut created = HashSet::with_capacity(rows.len());
+    for slice in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = Query::insert();
+        insert.into_table(Device).columns([
+            device::Column::TenantId,
+            device::Column::DeviceType,
+            device::Column::Uid,
+            device::Column::Uid2,
+            device::Column::State,
+            device::Column::ServiceType,
+            device::Column::BrandId,
+            device::Column::WorkflowId,
+            device::Column::CreatedAt,
+            device::Column::UpdatedAt,
+        ]);
+        for &i in slice {
+            let Some(key) = inputs[i].lookup_key() else {
+                continue;
+            };
+            insert.values_panic([
+                ctx.target_tenant.clone().into(),
+                ctx.device_type.code().into(),
+                key.to_owned().into(),
+                inputs[i].key2.clone().into(),
+                state::READY_FOR_USE.into(),
+                ctx.target_service_type.into(),
+                ctx.brand_id.into(),
+                workflow.clone().into(),
+                now.into(),
+                now.into(),
+            ]);
+        }
+        insert
+            .on_conflict(
+                OnConflict::columns([device::Column::DeviceType, device::Column::Uid])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .returning_col(device::Column::Uid);
+        for row in txn.query_all(backend.build(&insert)).await? {
+            created.insert(row.try_get::<String>("", "uid")?);
+        }
+    }
+    Ok(created)
+}
+
+/// One UPDATE per kind of effect for the whole chunk.
+async fn apply_updates(
+    txn: &DatabaseTransaction,
+    ctx: &ActionContext,
+    decisions: &[Decision],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let ids: Vec<i64> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Success(
+                Effect::Register { device_id }
+                | Effect::AssignWorkflow { device_id }
+                | Effect::ExitWorkflow { device_id }
+                | Effect::Deregister { device_id },
+            ) => Some(*device_id),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
+    for slice in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut update = Device::update_many().col_expr(device::Column::UpdatedAt, Expr::value(now));
+        update = match ctx.kind {
+            entity::action::ActionKind::Register => {
+                let mut u = update
+                    .col_expr(device::Column::State, Expr::value(state::READY_FOR_USE))
+                    .col_expr(device::Column::ServiceType, Expr::value(ctx.target_service_type));
+                if let Some(brand) = ctx.brand_id {
+                    u = u.col_expr(device::Column::BrandId, Expr::value(brand));
+                }
+                if let Some(wf) = &workflow {
+                    u = u.col_expr(device::Column::WorkflowId, Expr::value(wf.clone()));
+                }
+                u
+            }
+            entity::action::ActionKind::AssignWorkflow => {
+                update.col_expr(device::Column::WorkflowId, Expr::value(workflow.clone()))
+            }
+            entity::action::ActionKind::ExitWorkflow => {
+                update.col_expr(device::Column::WorkflowId, Expr::value(Value::String(None)))
+            }
+            entity::action::ActionKind::Deregister => {
+                update.col_expr(device::Column::State, Expr::value(state::IDLE))
+            }
+        };
+        update
+            .filter(device::Column::Id.is_in(slice.iter().copied()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts one result per row (a row already there is left alone); returns how many
+/// successes and failures this transaction inserted.
+async fn insert_results(
+    txn: &DatabaseTransaction,
+    job: &ChunkJob,
+    decisions: &[Decision],
+) -> Result<(i32, i32), DbErr> {
+    let mut counts = (0i32, 0i32);
+    let indexed: Vec<usize> = (0..decisions.len()).collect();
+    for slice in indexed.chunks(ROWS_PER_STATEMENT) {
+        // Successes and failures in separate statements, so each count is exact.
+        for want_success in [true, false] {
+            let models: Vec<batch_result::ActiveModel> = slice
+                .iter()
+                .filter(|&&i| matches!(decisions[i], Decision::Success(_)) == want_success)
+                .map(|&i| {
+                    let row = &job.rows[i];
+                    let (outcome, code, message) = match &decisions[i] {
+                        Decision::Success(_) => (batch_result::Outcome::Success, None, None),
+                        Decision::Fail(e, m) => (
+                            batch_result::Outcome::Fail,
+                            Some(e.code().to_owned()),
+                            Some(m.clone()),
+                        ),
+                    };
+                    batch_result::ActiveModel {
+                        upload_id: Set(job.upload_id),
+                        row_number: Set(row.row_number),
+                        device_uid: Set(row.uid.trim().to_owned()),
+                        outcome: Set(outcome),
+                        error_code: Set(code),
+                        message: Set(message),
+                    }
+                })
+                .collect();
+            if models.is_empty() {
+                continue;
+            }
+            let inserted = BatchResult::insert_many(models)
+                .on_conflict(
+                    OnConflict::columns([batch_result::Column::UploadId, batch_result::Column::RowNumber])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(txn)
+                .await? as i32;
+            if want_success {
+                counts.0 += inserted;
+            } else {
+                counts.1 += inserted;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Adds this chunk's counts and, when they reach the total, completes the upload in the same
+/// statement. Concurrent chunks serialise on the upload's row, so each sees the others'
+/// committed counts and exactly one of them completes it. `None` when the upload left
+/// PROCESSING meanwhile.
+async fn add_to_counters(
+    txn: &DatabaseTransaction,
+    upload_id: i64,
+    succeeded: i32,
+    failed: i32,
+    now: DateTime<Utc>,
+) -> Result<Option<UploadStatus>, DbErr> {
+    const SQL: &str = "UPDATE uploads SET \
+           processed_rows = processed_rows + $2, \
+           succeeded = succeeded + $3, \
+           failed = failed + $4, \
+           status = CASE WHEN total_rows IS NOT NULL AND processed_rows + $2 >= total_rows \
+                         THEN CASE WHEN failed + $4 > 0 THEN 'COMPLETED_WITH_ERRORS' ELSE 'COMPLETED' END \
+                         ELSE status END, \
+           finished_at = CASE WHEN total_rows IS NOT NULL AND processed_rows + $2 >= total_rows \
+                              THEN $5 ELSE finished_at END, \
+           updated_at = $5 \
+         WHERE id = $1 AND status = 'PROCESSING' \
+         RETURNING status";
+    let values = [
+        upload_id.into(),
+        (succeeded + failed).into(),
+        succeeded.into(),
+        failed.into(),
+        now.into(),
+    ];
+    let row = txn
+        .query_one(crate::db::stmt(txn.get_database_backend(), SQL, values))
+        .await?;
+    row.map(|r| r.try_get::<UploadStatus>("", "status")).transpose()
+}

@@ -1,0 +1,383 @@
+//! Real processes: `fleetload worker` binaries working on the same PostgreSQL, killed with
+//! SIGKILL mid-chunk, and the production shape (PostgreSQL + S3 + SQS, one API process and
+//! two worker processes).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use entity::job::JobState;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::moto;
+
+/// A `fleetload worker` child process, killed when dropped.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn spawn(env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetload"));
+        cmd.arg("worker");
+        // Only what the test names: nothing of the developer's own environment.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FLEETLOAD_") || key.starts_with("AWS_") || key == "DATABASE_URL" {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.env("FLEETLOAD_LISTEN", "127.0.0.1:0");
+        let logs = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logs);
+        Self(cmd.spawn().expect("the fleetload binary starts"))
+    }
+
+    /// SIGKILL: no shutdown, no cleanup, an open transaction left to the database.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls the upload until it is terminal (bounded: a stuck pipeline fails the test).
+async fn wait_until_finished(app: &TestApp, id: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let upload = app.upload_state(&app.alice(), "demo", id).await;
+        if ["COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED"]
+            .contains(&upload["status"].as_str().unwrap_or(""))
+        {
+            return upload;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "upload not finished after {limit:?}: {upload}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn database_url(app: &TestApp) -> String {
+    use secrecy::ExposeSecret;
+    app.settings
+        .database_url
+        .as_ref()
+        .expect("a PostgreSQL app")
+        .expose_secret()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_chunk_loses_and_doubles_nothing() {
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        s.chunk_size = 25_000;
+        s.job_lease_secs = 2;
+    })
+    .await;
+    let keys = imeis(8, 50_000);
+    let id = app
+        .upload_csv(&app.alice(), json!({"rowCount": 50_000}), csv("imei", &keys))
+        .await;
+    // The API process dispatches: two chunk jobs of 25,000 rows on the job table.
+    assert_eq!(
+        app.pipeline.try_execute_next().await.unwrap(),
+        fleetload::pipeline::Step::Done
+    );
+    let env = [
+        ("DATABASE_URL", database_url(&app)),
+        ("FLEETLOAD_DATA_DIR", app.data_dir.path().display().to_string()),
+        ("FLEETLOAD_WORKERS", "1".to_owned()),
+        ("FLEETLOAD_JOB_LEASE_SECS", "2".to_owned()),
+    ];
+
+    let mut doomed = WorkerProcess::spawn(&env);
+    let started = Instant::now();
+    loop {
+        let running = entity::prelude::Job::find()
+            .filter(entity::job::Column::State.eq(JobState::Running))
+            .count(&app.state.db)
+            .await
+            .unwrap();
+        if running > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker never took a chunk"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    doomed.kill();
+    // Killed inside the chunk's transaction: nothing of it committed.
+    let applied = entity::prelude::UploadChunk::find()
+        .count(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(applied, 0, "the worker was killed mid-chunk");
+    let after_kill = app.upload_state(&app.alice(), "demo", &id).await;
+    assert_eq!(after_kill["processedRows"], 0);
+
+    let _survivor = WorkerProcess::spawn(&env);
+    let upload = wait_until_finished(&app, &id, Duration::from_secs(120)).await;
+
+    assert_eq!(upload["status"], "COMPLETED", "{upload}");
+    assert_eq!(
+        (
+            upload["processedRows"].clone(),
+            upload["succeeded"].clone(),
+            upload["failed"].clone()
+        ),
+        (json!(50_000), json!(50_000), json!(0))
+    );
+    let results = app.results(&id).await;
+    assert_eq!(results.len(), 50_000);
+    assert!(
+        results
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.0 == i as i32 + 1 && r.2 == "SUCCESS")
+    );
+    assert_eq!(
+        entity::prelude::Device::find()
+            .count(&app.state.db)
+            .await
+            .unwrap(),
+        50_000
+    );
+}
+
+/// A main queue with a redrive policy to its own dead-letter queue, on moto.
+async fn sqs_queue(sdk: &aws_config::SdkConfig, max_receives: u32) -> String {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let name = format!("fltest-{}", uuid::Uuid::new_v4().simple());
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(dlq.queue_url().unwrap())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+    let policy =
+        json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()}).to_string();
+    sqs.create_queue()
+        .queue_name(name)
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, policy)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn production_shape_postgres_s3_sqs_an_api_and_two_workers_process_50_000_rows() {
+    let moto = moto::s3_endpoint().await;
+    let sdk = moto::sdk_config(&moto.url);
+    let bucket = moto::create_bucket(&sdk).await;
+    let queue_url = sqs_queue(&sdk, 5).await;
+    let endpoint = url::Url::parse(&moto.url).unwrap();
+    let (b, q, e) = (bucket.clone(), queue_url.clone(), endpoint.clone());
+    let app = spawn_app_full(
+        Backend::Postgres,
+        move |s| {
+            s.s3_bucket = Some(b);
+            s.s3_endpoint_url = Some(e.clone());
+            s.s3_force_path_style = true;
+            s.sqs_queue_url = Some(q);
+            s.sqs_endpoint_url = Some(e);
+        },
+        Some(sdk),
+    )
+    .await;
+    let env = [
+        ("DATABASE_URL", database_url(&app)),
+        ("FLEETLOAD_DATA_DIR", app.data_dir.path().display().to_string()),
+        ("FLEETLOAD_WORKERS", "2".to_owned()),
+        ("FLEETLOAD_S3_BUCKET", bucket),
+        ("FLEETLOAD_S3_ENDPOINT_URL", moto.url.clone()),
+        ("FLEETLOAD_S3_FORCE_PATH_STYLE", "true".to_owned()),
+        ("FLEETLOAD_SQS_QUEUE_URL", queue_url),
+        ("FLEETLOAD_SQS_ENDPOINT_URL", moto.url.clone()),
+        ("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY_ID.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", moto::SECRET_ACCESS_KEY.to_owned()),
+        ("AWS_REGION", moto::REGION.to_owned()),
+    ];
+    let _workers = [WorkerProcess::spawn(&env), WorkerProcess::spawn(&env)];
+
+    let keys = imeis(9, 50_000);
+    let mut rows = keys.clone();
+    rows.extend(["not-an-imei".to_owned(), keys[0].clone()]);
+    let id = app
+        .upload_csv(&app.alice(), json!({"rowCount": 50_002}), csv("imei", &rows))
+        .await;
+    let upload = wait_until_finished(&app, &id, Duration::from_secs(300)).await;
+
+    assert_eq!(upload["status"], "COMPLETED_WITH_ERRORS", "{upload}");
+    assert_eq!(
+        (
+            upload["totalRows"].clone(),
+            upload["processedRows"].clone(),
+            upload["succeeded"].clone(),
+            upload["failed"].clone()
+        ),
+        (json!(50_002), json!(50_002), json!(50_000), json!(2))
+    );
+    let results = app.results(&id).await;
+    assert_eq!(results.len(), 50_002);
+    assert!(results.iter().enumerate().all(|(i, r)| r.0 == i as i32 + 1));
+    assert_eq!(
+        entity::prelude::Device::find()
+            .count(&app.state.db)
+            .await
+            .unwrap(),
+        50_000
+    );
+}
+
+/// SQS, except that the first delete of each message is lost: the worker died after its
+/// chunk committed and before it could delete the message.
+struct LosesFirstAck {
+    inner: fleetload::queue::SqsQueue,
+    lost: std::sync::Mutex<std::collections::HashSet<String>>,
+    redelivered: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl fleetload::queue::Queue for LosesFirstAck {
+    async fn send(&self, jobs: &[fleetload::queue::JobPayload]) -> Result<(), fleetload::queue::QueueError> {
+        self.inner.send(jobs).await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<fleetload::queue::Delivery>, fleetload::queue::QueueError> {
+        let got = self.inner.receive(max, lease, wait).await?;
+        let again = got.iter().filter(|d| d.attempt > 1).count();
+        self.redelivered
+            .fetch_add(again, std::sync::atomic::Ordering::SeqCst);
+        Ok(got)
+    }
+    async fn extend(
+        &self,
+        d: &fleetload::queue::Delivery,
+        lease: Duration,
+    ) -> Result<(), fleetload::queue::QueueError> {
+        self.inner.extend(d, lease).await
+    }
+    async fn ack(&self, d: &fleetload::queue::Delivery) -> Result<(), fleetload::queue::QueueError> {
+        let key = d.payload.dedupe_key();
+        if self.lost.lock().unwrap().insert(key) {
+            return Ok(());
+        }
+        self.inner.ack(d).await
+    }
+    async fn retry(
+        &self,
+        d: &fleetload::queue::Delivery,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), fleetload::queue::QueueError> {
+        self.inner.retry(d, delay, error).await
+    }
+    async fn dead_letter(
+        &self,
+        d: &fleetload::queue::Delivery,
+        error: &str,
+    ) -> Result<(), fleetload::queue::QueueError> {
+        self.inner.dead_letter(d, error).await
+    }
+    async fn rescue(&self) -> Result<Vec<fleetload::queue::JobPayload>, fleetload::queue::QueueError> {
+        self.inner.rescue().await
+    }
+    fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_redelivered_by_sqs_after_their_visibility_timeout_change_nothing() {
+    use fleetload::pipeline::{Pipeline, PipelineSettings};
+    use std::sync::Arc;
+    let moto = moto::s3_endpoint().await;
+    let sdk = moto::sdk_config(&moto.url);
+    let queue_url = sqs_queue(&sdk, 5).await;
+    let endpoint = url::Url::parse(&moto.url).unwrap();
+    let app = spawn_app(Backend::Postgres).await;
+    let sqs = fleetload::queue::SqsQueue::new(&sdk, queue_url, Some(&endpoint))
+        .await
+        .unwrap();
+    let flaky = Arc::new(LosesFirstAck {
+        inner: sqs,
+        lost: Default::default(),
+        redelivered: Default::default(),
+    });
+    let pipeline = Pipeline::new(
+        app.state.db.clone(),
+        app.state.storage.clone(),
+        Arc::new(fleetload::queue::DbQueue::new(
+            app.state.db.clone(),
+            fleetload::queue::DISPATCH_QUEUE,
+            5,
+        )),
+        flaky.clone(),
+        PipelineSettings {
+            chunk_size: 400,
+            max_rows: 1_000_000,
+            lease: Duration::from_secs(1),
+            poll_wait: Duration::ZERO,
+        },
+    );
+    let mut rows = imeis(10, 2_000);
+    rows.push("nope".into());
+    let id = app
+        .upload_csv(&app.alice(), json!({"rowCount": 2_001}), csv("imei", &rows))
+        .await;
+
+    drain(&pipeline).await;
+    let first = app.upload_state(&app.alice(), "demo", &id).await;
+    // SQS offers every unacknowledged message again once its visibility timeout has run out.
+    let started = Instant::now();
+    while flaky.redelivered.load(std::sync::atomic::Ordering::SeqCst) < 6 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "SQS never redelivered all six chunks"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drain(&pipeline).await;
+    }
+
+    let after = app.upload_state(&app.alice(), "demo", &id).await;
+    assert_eq!(first, after, "redelivered chunks changed nothing");
+    assert_eq!(after["status"], "COMPLETED_WITH_ERRORS");
+    assert_eq!(
+        (
+            after["processedRows"].clone(),
+            after["succeeded"].clone(),
+            after["failed"].clone()
+        ),
+        (json!(2_001), json!(2_000), json!(1))
+    );
+    assert_eq!(app.results(&id).await.len(), 2_001);
+}
