@@ -7,6 +7,7 @@ use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::config::Settings;
@@ -23,18 +24,32 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
     };
     if url.starts_with("sqlite:") {
         connect_sqlite(&url, settings.db_max_connections).await
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        connect_postgres(&url, settings.db_max_connections).await
     } else {
         let mut options = ConnectOptions::new(url);
         options
             .max_connections(settings.db_max_connections)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
             .sqlx_logging(false);
         sea_orm::Database::connect(options)
             .await
             .context("connecting to the database")
     }
+}
+
+async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+    // Statements are prepared once per connection. A generic plan cached while `devices` was
+    // small keeps scanning it whole as it grows to millions of rows; planning each execution
+    // against the table as it is now costs a fraction of a millisecond.
+    let options = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
 }
 
 async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {

@@ -175,13 +175,19 @@ impl Components {
         let (storage, storage_routes) = storage(settings, public_url, aws.as_ref()).await?;
         let dispatch: Arc<dyn Queue> =
             Arc::new(DbQueue::new(db.clone(), DISPATCH_QUEUE, DEFAULT_MAX_ATTEMPTS));
-        let chunks: Arc<dyn Queue> = match (&settings.sqs_queue_url, &aws) {
-            (Some(url), Some(sdk)) => Arc::new(
-                SqsQueue::new(sdk, url.clone(), settings.sqs_endpoint_url.as_ref())
-                    .await
-                    .context("configuring SQS")?,
+        let (chunks, poll_wait): (Arc<dyn Queue>, Duration) = match (&settings.sqs_queue_url, &aws) {
+            (Some(url), Some(sdk)) => (
+                Arc::new(
+                    SqsQueue::new(sdk, url.clone(), settings.sqs_endpoint_url.as_ref())
+                        .await
+                        .context("configuring SQS")?,
+                ),
+                Duration::from_secs(1),
             ),
-            _ => Arc::new(DbQueue::new(db.clone(), CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS)),
+            _ => (
+                Arc::new(DbQueue::new(db.clone(), CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS)),
+                Duration::ZERO,
+            ),
         };
         let pipeline = Arc::new(Pipeline::new(
             db.clone(),
@@ -192,7 +198,7 @@ impl Components {
                 chunk_size: settings.chunk_size.max(1),
                 max_rows: settings.max_rows,
                 lease: Duration::from_secs(settings.job_lease_secs.max(1)),
-                poll_wait: Duration::from_secs(1),
+                poll_wait,
             },
         ));
         Ok(Self {

@@ -32,7 +32,8 @@ pub struct PipelineSettings {
     pub max_rows: u32,
     /// How long a taken job stays hidden from other workers; renewed while it runs.
     pub lease: Duration,
-    /// How long an idle worker waits on the chunk queue per poll.
+    /// How long an idle worker waits on the chunk queue per poll: zero for the job table
+    /// (polling it is cheap, and dispatch jobs are noticed at once), a long poll on SQS.
     pub poll_wait: Duration,
 }
 
@@ -197,25 +198,32 @@ impl Pipeline {
     }
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
+        const BUSY: Duration = Duration::from_millis(2);
         tracing::debug!(worker = n, "worker started");
-        let mut idle = Duration::from_millis(50);
+        let mut pause = BUSY;
         while !shutdown.is_cancelled() {
             let step = tokio::select! {
                 step = self.step(self.settings.poll_wait) => step,
                 () = shutdown.cancelled() => break,
             };
-            match step {
-                Ok(Step::Done) => idle = Duration::from_millis(50),
-                Ok(Step::Empty) => {}
+            // Idle or failing, poll less and less often: quick to notice new work after a
+            // moment of quiet, cheap when quiet lasts, patient with a queue that is down.
+            let limit = match step {
+                Ok(Step::Done) => {
+                    pause = BUSY;
+                    continue;
+                }
+                Ok(Step::Empty) => Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(worker = n, error = %e, "queue unavailable");
-                    tokio::select! {
-                        () = tokio::time::sleep(idle) => {},
-                        () = shutdown.cancelled() => break,
-                    }
-                    idle = (idle * 2).min(Duration::from_secs(5));
+                    Duration::from_secs(5)
                 }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {},
+                () = shutdown.cancelled() => break,
             }
+            pause = (pause * 2).min(limit);
         }
         tracing::debug!(worker = n, "worker stopped");
     }

@@ -10,10 +10,10 @@ use entity::device::{self, state};
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
 use entity::{batch_result, upload_chunk};
-use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::sea_query::{ArrayType, Expr, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QuerySelect, Set, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter, Set, TransactionTrait, Value,
 };
 
 use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
@@ -173,11 +173,36 @@ async fn load_devices(
     keys: &[&str],
 ) -> Result<HashMap<String, DeviceView>, DbErr> {
     let mut found = HashMap::with_capacity(keys.len());
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // One array parameter instead of thousands of placeholders.
+        const SQL: &str = "SELECT id, tenant_id, uid, state, service_type, workflow_id FROM devices \
+                           WHERE device_type = $1 AND uid = ANY($2) FOR UPDATE";
+        let values = [
+            device_type.code().into(),
+            text_array(keys.iter().map(|k| Some((*k).to_owned()))),
+        ];
+        for row in txn
+            .query_all(crate::db::stmt(DbBackend::Postgres, SQL, values))
+            .await?
+        {
+            let view = DeviceView {
+                id: row.try_get("", "id")?,
+                tenant_id: row.try_get("", "tenant_id")?,
+                state: row.try_get("", "state")?,
+                service_type: row.try_get("", "service_type")?,
+                workflow_id: row.try_get("", "workflow_id")?,
+            };
+            found.insert(row.try_get("", "uid")?, view);
+        }
+        return Ok(found);
+    }
     for slice in keys.chunks(ROWS_PER_STATEMENT) {
         let rows = Device::find()
             .filter(device::Column::DeviceType.eq(device_type.code()))
             .filter(device::Column::Uid.is_in(slice.iter().copied()))
-            .lock_exclusive()
             .all(txn)
             .await?;
         for d in rows {
@@ -194,6 +219,20 @@ async fn load_devices(
     Ok(found)
 }
 
+/// The SQL around it turns `''` back into NULL with `NULLIF`: sea-query's PostgreSQL binder
+/// cannot bind a NULL element inside a text array.
+fn text_array(items: impl IntoIterator<Item = Option<String>>) -> Value {
+    Value::Array(
+        ArrayType::String,
+        Some(Box::new(
+            items
+                .into_iter()
+                .map(|s| Value::String(Some(Box::new(s.unwrap_or_default()))))
+                .collect(),
+        )),
+    )
+}
+
 /// Inserts the devices REGISTER creates; returns the keys this transaction inserted.
 async fn create_devices(
     txn: &DatabaseTransaction,
@@ -205,6 +244,27 @@ async fn create_devices(
     let backend = txn.get_database_backend();
     let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
     let mut created = HashSet::with_capacity(rows.len());
+    if backend == DbBackend::Postgres {
+        const SQL: &str = "INSERT INTO devices (tenant_id, device_type, uid, uid2, state, service_type, brand_id, \
+                             workflow_id, created_at, updated_at) \
+                           SELECT $1, $2, u.uid, NULLIF(u.uid2, ''), $3, $4, $5, $6, $7, $7 FROM UNNEST($8::text[], $9::text[]) AS u(uid, uid2) \
+                           ON CONFLICT (device_type, uid) DO NOTHING RETURNING uid";
+        let values = [
+            ctx.target_tenant.clone().into(),
+            ctx.device_type.code().into(),
+            state::READY_FOR_USE.into(),
+            ctx.target_service_type.into(),
+            ctx.brand_id.into(),
+            workflow.into(),
+            now.into(),
+            text_array(rows.iter().map(|&i| inputs[i].lookup_key().map(str::to_owned))),
+            text_array(rows.iter().map(|&i| inputs[i].key2.clone())),
+        ];
+        for row in txn.query_all(crate::db::stmt(backend, SQL, values)).await? {
+            created.insert(row.try_get::<String>("", "uid")?);
+        }
+        return Ok(created);
+    }
     for slice in rows.chunks(ROWS_PER_STATEMENT) {
         let mut insert = Query::insert();
         insert.into_table(Device).columns([
@@ -314,6 +374,40 @@ async fn insert_results(
     decisions: &[Decision],
 ) -> Result<(i32, i32), DbErr> {
     let mut counts = (0i32, 0i32);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        const SQL: &str = "INSERT INTO batch_results (upload_id, row_number, device_uid, outcome, error_code, message) \
+                           SELECT $1, r.n, r.uid, r.outcome, NULLIF(r.code, ''), NULLIF(r.msg, '') \
+                           FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(n, uid, outcome, code, msg) \
+                           ON CONFLICT (upload_id, row_number) DO NOTHING RETURNING outcome";
+        let numbers = job.rows.iter().map(|r| Value::Int(Some(r.row_number))).collect();
+        let (mut outcomes, mut codes, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+        for decision in decisions {
+            let (outcome, code, message) = result_of(decision);
+            outcomes.push(Some(outcome.to_owned()));
+            codes.push(code);
+            messages.push(message);
+        }
+        let values = [
+            job.upload_id.into(),
+            Value::Array(ArrayType::Int, Some(Box::new(numbers))),
+            text_array(job.rows.iter().map(|r| Some(r.uid.trim().to_owned()))),
+            text_array(outcomes),
+            text_array(codes),
+            text_array(messages),
+        ];
+        // RETURNING gives exactly the rows this transaction inserted.
+        for row in txn
+            .query_all(crate::db::stmt(DbBackend::Postgres, SQL, values))
+            .await?
+        {
+            if row.try_get::<String>("", "outcome")? == "SUCCESS" {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+        return Ok(counts);
+    }
     let indexed: Vec<usize> = (0..decisions.len()).collect();
     for slice in indexed.chunks(ROWS_PER_STATEMENT) {
         // Successes and failures in separate statements, so each count is exact.
@@ -360,6 +454,14 @@ async fn insert_results(
         }
     }
     Ok(counts)
+}
+
+/// The result columns of a decision: outcome, error code, message.
+fn result_of(decision: &Decision) -> (&'static str, Option<String>, Option<String>) {
+    match decision {
+        Decision::Success(_) => ("SUCCESS", None, None),
+        Decision::Fail(e, m) => ("FAIL", Some(e.code().to_owned()), Some(m.clone())),
+    }
 }
 
 /// Adds this chunk's counts and, when they reach the total, completes the upload in the same

@@ -1,0 +1,195 @@
+//! Throughput of the pipeline: finalize → COMPLETED for REGISTER uploads of new devices, on
+//! the embedded default and on PostgreSQL, with the in-process workers a deployment runs.
+//! Prints times, rows/s, where the time went and peak memory; asserts nothing.
+//!
+//! `cargo bench --bench pipeline_throughput` (sizes from `FLEETLOAD_BENCH_ROWS`, default
+//! `10000,100000`; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`, skipped when unreachable).
+
+use std::time::{Duration, Instant};
+
+use entity::prelude::Upload;
+use entity::upload::{self, UploadStatus};
+use fleetload::auth::{Permission, mint_token};
+use fleetload::config::Settings;
+use fleetload::startup::{Application, jwt_secret};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("FLEETLOAD_BENCH_ROWS")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let workers: usize = std::env::var("FLEETLOAD_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    println!(
+        "pipeline throughput: REGISTER of new devices, {workers} in-process workers, chunks of 2000 rows"
+    );
+    println!("peak RSS before any upload: {:.1} MiB", peak_rss_mib());
+
+    for &rows in &sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::embedded(dir.path());
+        settings.workers = Some(workers);
+        run("embedded (SQLite)", settings, rows).await;
+    }
+    let admin = std::env::var("FLEETLOAD_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    for &rows in &sizes {
+        let Some(url) = fresh_pg_database(&admin).await else {
+            println!("PostgreSQL unreachable at {admin}: skipped");
+            break;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::embedded(dir.path());
+        settings.database_url = Some(url.clone().into());
+        settings.demo_data = true;
+        settings.workers = Some(workers);
+        run("PostgreSQL", settings, rows).await;
+        drop_pg_database(&admin, &url).await;
+    }
+}
+
+async fn run(label: &str, mut settings: Settings, rows: usize) {
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    let secret = jwt_secret(&settings).unwrap();
+    let token = mint_token(
+        &secret,
+        "alice",
+        "demo",
+        &[Permission::Read, Permission::Update],
+        "fleetload",
+        None,
+        3600,
+    )
+    .unwrap();
+    let app = Application::build(settings).await.unwrap();
+    let url = format!("{}graphql", app.public_url());
+    let db = app.state().db.clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    let http = reqwest::Client::new();
+    let gql = |query: &str, vars: Value| {
+        let req = http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&json!({"query": query, "variables": vars}));
+        async move {
+            let body: Value = req.send().await.unwrap().json().await.unwrap();
+            assert!(body.get("errors").is_none(), "{body}");
+            body
+        }
+    };
+    let body = gql(
+        "mutation($n: Int!) { prepareBatchUpload(tenantId: \"demo\", assignActionId: \"register-prepaid\", rowCount: $n, deviceType: 1, workflowId: \"68a5ae7a4cb9e87b88b7d344\") { uploadId fileUpload { url fields } } }",
+        json!({"n": rows}),
+    )
+    .await;
+    let id = body["data"]["prepareBatchUpload"]["uploadId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = csv(rows);
+    let bytes = file.len();
+    upload(&http, &body["data"]["prepareBatchUpload"]["fileUpload"], file).await;
+
+    let started = Instant::now();
+    gql(
+        "mutation($id: String!) { finalizeBatchUpload(tenantId: \"demo\", uploadId: $id) }",
+        json!({"id": id}),
+    )
+    .await;
+    let done = loop {
+        let u = Upload::find()
+            .filter(upload::Column::PublicId.eq(&id))
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        if u.status.is_terminal() {
+            break u;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1800), "not finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let total = started.elapsed();
+    assert_eq!(done.status, UploadStatus::Completed, "{done:?}");
+    assert_eq!(done.processed_rows as usize, rows);
+    let (queued, began, finished) = (
+        done.queued_at.unwrap(),
+        done.started_at.unwrap(),
+        done.finished_at.unwrap(),
+    );
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "{label:<18} {rows:>8} rows ({:>5.1} MiB): finalize→COMPLETED {:>8.1} ms = {:>9.0} rows/s | to PROCESSING (snapshot + validate) {:>7.1} ms, chunks {:>8.1} ms | peak RSS {:>6.1} MiB",
+        bytes as f64 / 1048576.0,
+        total.as_secs_f64() * 1000.0,
+        rows as f64 / total.as_secs_f64(),
+        ms(began - queued),
+        ms(finished - began),
+        peak_rss_mib(),
+    );
+}
+
+async fn upload(http: &reqwest::Client, file_upload: &Value, bytes: Vec<u8>) {
+    let fields: Value = serde_json::from_str(file_upload["fields"].as_str().unwrap()).unwrap();
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in fields.as_object().unwrap() {
+        form = form.text(k.clone(), v.as_str().unwrap().to_owned());
+    }
+    form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("d.csv"));
+    let resp = http
+        .post(file_upload["url"].as_str().unwrap())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+}
+
+fn csv(rows: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(rows * 16 + 8);
+    out.push_str("imei\n");
+    let salt = std::process::id() as u64 % 1000;
+    for i in 0..rows as u64 {
+        let body = format!("{:014}", 86_000_000_000_000 + salt * 10_000_000 + i);
+        out.push_str(&body);
+        out.push(fleetload::domain::device_uid::luhn_check_digit(&body));
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// The process's peak resident memory so far (Linux `VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn fresh_pg_database(admin: &str) -> Option<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
+    let name = format!("flbench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .ok()?;
+    Some(format!("{}/{name}", admin.rsplit_once('/')?.0))
+}
+
+async fn drop_pg_database(admin: &str, url: &str) {
+    use sqlx::Connection;
+    let name = url.rsplit('/').next().unwrap();
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
+    }
+}
