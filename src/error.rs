@@ -30,6 +30,10 @@ pub enum ApiError {
     UploadNotFound,
     #[error("the file has not been uploaded yet")]
     UploadNotUploaded,
+    #[error("the upload has already finished")]
+    UploadAlreadyFinished,
+    #[error("the upload has no failed rows to retry")]
+    NothingToRetry,
     #[error("{0}")]
     BadUserInput(String),
     /// Anything the client cannot fix; the cause goes to the log only.
@@ -52,6 +56,8 @@ impl ApiError {
             Self::InvalidRowCount { .. } => "INVALID_ROW_COUNT",
             Self::UploadNotFound => "UPLOAD_NOT_FOUND",
             Self::UploadNotUploaded => "UPLOAD_NOT_UPLOADED",
+            Self::UploadAlreadyFinished => "UPLOAD_ALREADY_FINISHED",
+            Self::NothingToRetry => "NOTHING_TO_RETRY",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }

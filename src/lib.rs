@@ -13,6 +13,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod pipeline;
+pub mod progress;
 pub mod queue;
 pub mod startup;
 pub mod state;

@@ -16,6 +16,7 @@ use url::Url;
 use crate::auth::{Verifier, load_or_create_secret};
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::progress::ProgressBus;
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
@@ -65,6 +66,7 @@ impl Application {
             storage: parts.storage,
             verifier: Arc::new(verifier),
             settings: Arc::new(settings),
+            progress: parts.progress,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -149,6 +151,7 @@ pub struct Components {
     /// The local store's upload endpoint, when storage is local.
     pub storage_routes: Option<Router>,
     pub pipeline: Arc<Pipeline>,
+    pub progress: Arc<ProgressBus>,
 }
 
 impl Components {
@@ -189,11 +192,13 @@ impl Components {
                 Duration::ZERO,
             ),
         };
+        let progress = Arc::new(ProgressBus::local());
         let pipeline = Arc::new(Pipeline::new(
             db.clone(),
             storage.clone(),
             dispatch,
             chunks,
+            progress.clone(),
             PipelineSettings {
                 chunk_size: settings.chunk_size.max(1),
                 max_rows: settings.max_rows,
@@ -206,6 +211,7 @@ impl Components {
             storage,
             storage_routes,
             pipeline,
+            progress,
         })
     }
 }

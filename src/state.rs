@@ -6,6 +6,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::auth::Verifier;
 use crate::config::Settings;
+use crate::progress::ProgressBus;
 use crate::storage::ObjectStore;
 
 #[derive(Clone)]
@@ -14,4 +15,6 @@ pub struct AppState {
     pub storage: Arc<dyn ObjectStore>,
     pub verifier: Arc<Verifier>,
     pub settings: Arc<Settings>,
+    /// Where this process hears that an upload changed.
+    pub progress: Arc<ProgressBus>,
 }

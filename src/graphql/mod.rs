@@ -11,6 +11,7 @@ use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
 pub use context::{Auth, RequestAuth};
 pub use scalars::{AwsDateTime, AwsJson};
+pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 
 #[derive(MergedObject, Default)]
 pub struct Query(upload_query::UploadQuery);

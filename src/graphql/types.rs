@@ -115,3 +115,92 @@ impl Upload {
         self.0.finished_at.map(Into::into)
     }
 }
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::batch_result::Outcome")]
+pub enum Outcome {
+    Success,
+    Fail,
+}
+
+/// The one result of one data row.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct BatchResult {
+    /// 1-based number of the data row in the file (the header is row 0).
+    pub row_number: i32,
+    /// The device key as written in the row (trimmed), even when invalid.
+    pub device_uid: String,
+    pub outcome: Outcome,
+    /// Set when `outcome` is FAIL: the first error of the row.
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl From<entity::batch_result::Model> for BatchResult {
+    fn from(r: entity::batch_result::Model) -> Self {
+        Self {
+            row_number: r.row_number,
+            device_uid: r.device_uid,
+            outcome: r.outcome.into(),
+            error_code: r.error_code,
+            message: r.message,
+        }
+    }
+}
+
+/// How far an upload got, as `uploadProgress` emits it.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct UploadProgress {
+    pub upload_id: String,
+    pub status: UploadStatus,
+    /// Data rows in the file; null until the file has been read.
+    pub total_rows: Option<i32>,
+    pub processed_rows: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    /// 0–100.
+    pub percentage: f64,
+    /// Rows per second since processing started; null before the first row.
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at the measured rate; null while unknown, 0 once finished.
+    pub eta_seconds: Option<f64>,
+    /// The latest few failed rows.
+    pub recent_errors: Vec<BatchResult>,
+}
+
+impl UploadProgress {
+    /// The progress of `upload` as of `now`, with the failures given.
+    pub fn of(
+        upload: &upload::Model,
+        recent_errors: Vec<BatchResult>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        let figures = crate::progress::figures(
+            upload.status,
+            upload.total_rows,
+            upload.processed_rows,
+            upload.started_at,
+            upload.finished_at,
+            now,
+        );
+        Self {
+            upload_id: upload.public_id.clone(),
+            status: upload.status.into(),
+            total_rows: upload.total_rows,
+            processed_rows: upload.processed_rows,
+            succeeded: upload.succeeded,
+            failed: upload.failed,
+            percentage: figures.percentage,
+            rows_per_second: figures.rows_per_second,
+            eta_seconds: figures.eta_seconds,
+            recent_errors,
+        }
+    }
+}
+
+/// A signed, expiring download link.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct FileDownload {
+    pub url: String,
+    pub expires_at: AwsDateTime,
+}

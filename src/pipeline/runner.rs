@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::{DispatchOutcome, Dispatcher, fail_upload};
 use super::worker::{ChunkOutcome, apply_chunk};
+use crate::progress::ProgressBus;
 use crate::queue::{Delivery, JobPayload, Queue, QueueError};
 use crate::storage::ObjectStore;
 
@@ -42,6 +43,7 @@ pub struct Pipeline {
     storage: Arc<dyn ObjectStore>,
     dispatch: Arc<dyn Queue>,
     chunks: Arc<dyn Queue>,
+    progress: Arc<ProgressBus>,
     settings: PipelineSettings,
 }
 
@@ -57,6 +59,7 @@ impl Pipeline {
         storage: Arc<dyn ObjectStore>,
         dispatch: Arc<dyn Queue>,
         chunks: Arc<dyn Queue>,
+        progress: Arc<ProgressBus>,
         settings: PipelineSettings,
     ) -> Self {
         Self {
@@ -64,6 +67,7 @@ impl Pipeline {
             storage,
             dispatch,
             chunks,
+            progress,
             settings,
         }
     }
@@ -97,12 +101,26 @@ impl Pipeline {
             result = self.run(&delivery.payload) => result,
             () = keep_alive => unreachable!("the keep-alive loop never ends"),
         };
+        let upload_id = delivery.payload.upload_id();
+        let handled = self.settle(queue, &delivery, result).await;
+        // After the commit (and after a failed upload was marked): every way a job ends may
+        // have moved its upload.
+        self.progress.changed(upload_id).await;
+        handled
+    }
+
+    async fn settle(
+        &self,
+        queue: &dyn Queue,
+        delivery: &Delivery,
+        result: Result<(), JobFailure>,
+    ) -> Result<(), QueueError> {
         match result {
-            Ok(()) => queue.ack(&delivery).await,
+            Ok(()) => queue.ack(delivery).await,
             Err(failure) if failure.retryable && delivery.attempt < queue.max_attempts() => {
                 tracing::warn!(attempt = delivery.attempt, error = %failure.message, "job failed, will retry");
                 queue
-                    .retry(&delivery, backoff(delivery.attempt), &failure.message)
+                    .retry(delivery, backoff(delivery.attempt), &failure.message)
                     .await
             }
             Err(failure) => {
@@ -116,7 +134,7 @@ impl Pipeline {
                 if let Err(e) = fail_upload(&self.db, delivery.payload.upload_id(), &reason).await {
                     tracing::error!(error = %e, "could not mark the upload failed");
                 }
-                queue.dead_letter(&delivery, &failure.message).await
+                queue.dead_letter(delivery, &failure.message).await
             }
         }
     }
@@ -173,6 +191,7 @@ impl Pipeline {
                     queue.max_attempts()
                 );
                 fail_upload(&self.db, payload.upload_id(), &reason).await?;
+                self.progress.changed(payload.upload_id()).await;
                 rescued += 1;
             }
         }

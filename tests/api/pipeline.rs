@@ -212,6 +212,7 @@ on_both_backends! {
             app.state.storage.clone(),
             Arc::new(fleetload::queue::DbQueue::new(app.state.db.clone(), fleetload::queue::DISPATCH_QUEUE, 5)),
             Arc::new(Twice::new(fleetload::queue::DbQueue::new(app.state.db.clone(), "chunks-twice", 5))),
+            app.state.progress.clone(),
             fleetload::pipeline::PipelineSettings { chunk_size: 500, max_rows: 1_000_000, lease: std::time::Duration::from_secs(30), poll_wait: std::time::Duration::ZERO },
         ));
         let mut rows = keys.clone();

@@ -342,6 +342,7 @@ async fn chunks_redelivered_by_sqs_after_their_visibility_timeout_change_nothing
             5,
         )),
         flaky.clone(),
+        app.state.progress.clone(),
         PipelineSettings {
             chunk_size: 400,
             max_rows: 1_000_000,
