@@ -137,6 +137,25 @@ pub struct Settings {
     )]
     pub cors_origins: Vec<String>,
 
+    /// URL that gets a signed JSON POST whenever an upload finishes (any terminal state).
+    /// Set it on every process (API and workers): whichever finishes an upload queues the call.
+    #[arg(long, env = "FLEETLOAD_WEBHOOK_URL", global = true)]
+    pub webhook_url: Option<Url>,
+
+    /// Secret of the webhook's HMAC-SHA256 signature (`X-Fleetload-Signature`); required
+    /// with `--webhook-url`.
+    #[arg(long, env = "FLEETLOAD_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub webhook_secret: Option<SecretString>,
+
+    /// How long one webhook call may take before it counts as failed, in seconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_WEBHOOK_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub webhook_timeout_secs: u64,
+
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "FLEETLOAD_LOG_JSON", global = true)]
     pub log_json: bool,

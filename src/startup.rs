@@ -10,6 +10,7 @@ use axum::Router;
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -20,6 +21,7 @@ use crate::progress::ProgressBus;
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
+use crate::webhook::{Outbox, WebhookDeliverer};
 use crate::{db, demo, graphql, http};
 
 /// A bound, ready-to-run server.
@@ -30,6 +32,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     pipeline: Arc<Pipeline>,
+    webhook: Option<Arc<WebhookDeliverer>>,
     workers: usize,
 }
 
@@ -67,6 +70,7 @@ impl Application {
             verifier: Arc::new(verifier),
             settings: Arc::new(settings),
             progress: parts.progress,
+            outbox: parts.outbox,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -77,6 +81,7 @@ impl Application {
             router,
             state,
             pipeline: parts.pipeline,
+            webhook: parts.webhook,
             workers,
         })
     }
@@ -113,7 +118,8 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(address = %self.address, url = %self.public_url, workers = self.workers, "serving");
         let stop = CancellationToken::new();
-        let workers = self.pipeline.spawn(self.workers, stop.clone());
+        let mut workers = self.pipeline.spawn(self.workers, stop.clone());
+        workers.extend(spawn_webhook(self.webhook, stop.clone()));
         let stopping = stop.clone();
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
@@ -137,7 +143,8 @@ pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) 
     let workers = settings.workers.unwrap_or(4).max(1);
     tracing::info!(workers, "worker running");
     let stop = CancellationToken::new();
-    let handles = parts.pipeline.spawn(workers, stop.clone());
+    let mut handles = parts.pipeline.spawn(workers, stop.clone());
+    handles.extend(spawn_webhook(parts.webhook, stop.clone()));
     shutdown_signal().await;
     stop.cancel();
     futures::future::join_all(handles).await;
@@ -152,6 +159,9 @@ pub struct Components {
     pub storage_routes: Option<Router>,
     pub pipeline: Arc<Pipeline>,
     pub progress: Arc<ProgressBus>,
+    pub outbox: Outbox,
+    /// Delivers webhook calls, when a webhook is configured.
+    pub webhook: Option<Arc<WebhookDeliverer>>,
 }
 
 impl Components {
@@ -193,27 +203,56 @@ impl Components {
             ),
         };
         let progress = Arc::new(ProgressBus::local());
-        let pipeline = Arc::new(Pipeline::new(
-            db.clone(),
-            storage.clone(),
-            dispatch,
-            chunks,
-            progress.clone(),
-            PipelineSettings {
-                chunk_size: settings.chunk_size.max(1),
-                max_rows: settings.max_rows,
-                lease: Duration::from_secs(settings.job_lease_secs.max(1)),
-                poll_wait,
-            },
-        ));
+        let webhook = webhook(settings, &db)?;
+        let outbox = Outbox::new(webhook.is_some());
+        let pipeline = Arc::new(
+            Pipeline::new(
+                db.clone(),
+                storage.clone(),
+                dispatch,
+                chunks,
+                progress.clone(),
+                PipelineSettings {
+                    chunk_size: settings.chunk_size.max(1),
+                    max_rows: settings.max_rows,
+                    lease: Duration::from_secs(settings.job_lease_secs.max(1)),
+                    poll_wait,
+                },
+            )
+            .with_outbox(outbox),
+        );
         Ok(Self {
             db,
             storage,
             storage_routes,
             pipeline,
             progress,
+            outbox,
+            webhook,
         })
     }
+}
+
+fn webhook(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<Option<Arc<WebhookDeliverer>>> {
+    let Some(url) = &settings.webhook_url else {
+        return Ok(None);
+    };
+    let secret = settings
+        .webhook_secret
+        .clone()
+        .context("--webhook-url needs --webhook-secret (FLEETLOAD_WEBHOOK_SECRET) to sign its calls")?;
+    let timeout = Duration::from_secs(settings.webhook_timeout_secs.max(1));
+    Ok(Some(Arc::new(WebhookDeliverer::new(
+        db.clone(),
+        url.clone(),
+        secret,
+        timeout,
+    )?)))
+}
+
+/// The webhook delivery loop, apart from the workers so a slow receiver never holds them.
+fn spawn_webhook(webhook: Option<Arc<WebhookDeliverer>>, stop: CancellationToken) -> Option<JoinHandle<()>> {
+    webhook.map(|deliverer| tokio::spawn(async move { deliverer.run(stop).await }))
 }
 
 async fn storage(

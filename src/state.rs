@@ -8,6 +8,7 @@ use crate::auth::Verifier;
 use crate::config::Settings;
 use crate::progress::ProgressBus;
 use crate::storage::ObjectStore;
+use crate::webhook::Outbox;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -17,4 +18,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where this process hears that an upload changed.
     pub progress: Arc<ProgressBus>,
+    /// Where terminal states queue their webhook call.
+    pub outbox: Outbox,
 }

@@ -1,10 +1,11 @@
-//! The two AppSync mutations, with their exact names, argument names and types.
+//! Mutations of an upload's lifecycle: the two AppSync mutations (exact names, argument
+//! names and types) and cancelling.
 
 use async_graphql::{Context, Object};
 
 use super::context::RequestAuth;
 use super::scalars::AwsJson;
-use super::types::{PrepareBatchUploadPayload, UploadStatus};
+use super::types::{PrepareBatchUploadPayload, Upload, UploadStatus};
 use crate::error::{GqlResult, IntoGql};
 use crate::uploads::{self, FinalizeInput, PrepareInput};
 
@@ -74,6 +75,24 @@ impl UploadMutation {
             uploads::finalize(ctx.app()?, ctx.identity()?, input)
                 .await
                 .map(Into::into)
+        }
+        .await
+        .gql()
+    }
+
+    /// Stops an upload that has not finished (PREPARED, QUEUED or PROCESSING → CANCELLED).
+    /// Rows already processed keep their results; no further chunk is applied. Repeating it
+    /// answers with the cancelled upload; a finished upload → `UPLOAD_ALREADY_FINISHED`.
+    async fn cancel_batch_upload(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: String,
+        upload_id: String,
+    ) -> GqlResult<Upload> {
+        async {
+            uploads::cancel(ctx.app()?, ctx.identity()?, &tenant_id, &upload_id)
+                .await
+                .map(Upload)
         }
         .await
         .gql()

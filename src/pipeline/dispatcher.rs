@@ -19,6 +19,7 @@ use crate::domain::DeviceType;
 use crate::domain::device_uid;
 use crate::queue::{ChunkJob, ChunkRow, JobPayload, Queue, QueueError};
 use crate::storage::{ObjectStore, StorageError, snapshot_key};
+use crate::webhook::Outbox;
 
 /// Chunks handed to the queue per send (SQS takes ten per call).
 const CHUNKS_PER_SEND: usize = 10;
@@ -58,6 +59,7 @@ pub struct Dispatcher<'a> {
     pub db: &'a DatabaseConnection,
     pub storage: &'a dyn ObjectStore,
     pub chunks: &'a dyn Queue,
+    pub outbox: &'a Outbox,
     pub chunk_size: usize,
     pub max_rows: u32,
 }
@@ -128,9 +130,14 @@ impl Dispatcher<'_> {
         Ok(result.rows_affected == 1)
     }
 
+    async fn still_processing(&self, upload_id: i64) -> Result<bool, DbErr> {
+        let upload = Upload::find_by_id(upload_id).one(self.db).await?;
+        Ok(upload.is_some_and(|u| u.status == UploadStatus::Processing))
+    }
+
     async fn reject(&self, upload: &upload::Model, reason: String) -> Result<DispatchOutcome, DispatchError> {
         tracing::info!(upload_id = upload.id, %reason, "upload rejected");
-        fail_upload(self.db, upload.id, &reason).await?;
+        fail_upload(self.db, self.outbox, upload.id, &reason).await?;
         Ok(DispatchOutcome::Rejected(reason))
     }
 
@@ -170,6 +177,15 @@ impl Dispatcher<'_> {
                 if pending.len() == CHUNKS_PER_SEND {
                     self.chunks.send(&pending).await?;
                     pending.clear();
+                    // Cancelled meanwhile: the workers would skip the rest anyway.
+                    if !self.still_processing(upload.id).await? {
+                        tracing::info!(
+                            upload_id = upload.id,
+                            chunks = chunk,
+                            "fan-out stopped: upload no longer processing"
+                        );
+                        return Ok(chunk as u32);
+                    }
                 }
             }
         }
@@ -190,22 +206,13 @@ impl Dispatcher<'_> {
 
 /// FAILED with `reason`, unless the upload already reached a terminal state. Results
 /// already written stay.
-pub async fn fail_upload(db: &DatabaseConnection, upload_id: i64, reason: &str) -> Result<bool, DbErr> {
-    let now = Utc::now();
-    let result = Upload::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Failed))
-        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_owned()))
-        .col_expr(upload::Column::FinishedAt, Expr::value(now))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::Id.eq(upload_id))
-        .filter(upload::Column::Status.is_in([
-            UploadStatus::Prepared,
-            UploadStatus::Queued,
-            UploadStatus::Processing,
-        ]))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected == 1)
+pub async fn fail_upload(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    upload_id: i64,
+    reason: &str,
+) -> Result<bool, DbErr> {
+    crate::uploads::terminate(db, outbox, upload_id, UploadStatus::Failed, Some(reason)).await
 }
 
 /// A normalised key packed into 16 bytes, so the set of keys seen stays compact (about

@@ -17,6 +17,7 @@ use super::worker::{ChunkOutcome, apply_chunk};
 use crate::progress::ProgressBus;
 use crate::queue::{Delivery, JobPayload, Queue, QueueError};
 use crate::storage::ObjectStore;
+use crate::webhook::Outbox;
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,7 @@ pub struct Pipeline {
     dispatch: Arc<dyn Queue>,
     chunks: Arc<dyn Queue>,
     progress: Arc<ProgressBus>,
+    outbox: Outbox,
     settings: PipelineSettings,
 }
 
@@ -68,8 +70,15 @@ impl Pipeline {
             dispatch,
             chunks,
             progress,
+            outbox: Outbox::default(),
             settings,
         }
+    }
+
+    /// Finished uploads queue a webhook call through `outbox`.
+    pub fn with_outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = outbox;
+        self
     }
 
     /// Takes one job (dispatch jobs first) and handles it, without waiting for work.
@@ -124,14 +133,17 @@ impl Pipeline {
                     .await
             }
             Err(failure) => {
+                // The cause (database, storage, queue text) goes to the log only; the
+                // upload's reason is read by tenants.
                 let reason = format!(
-                    "{} failed after {} attempt(s): {}",
+                    "{} failed after {} attempt(s) with an internal error",
                     describe(&delivery.payload),
                     delivery.attempt,
-                    failure.message
                 );
-                tracing::error!(upload_id = delivery.payload.upload_id(), %reason, "job given up");
-                if let Err(e) = fail_upload(&self.db, delivery.payload.upload_id(), &reason).await {
+                tracing::error!(upload_id = delivery.payload.upload_id(), %reason, error = %failure.message, "job given up");
+                if let Err(e) =
+                    fail_upload(&self.db, &self.outbox, delivery.payload.upload_id(), &reason).await
+                {
                     tracing::error!(error = %e, "could not mark the upload failed");
                 }
                 queue.dead_letter(delivery, &failure.message).await
@@ -146,6 +158,7 @@ impl Pipeline {
                     db: &self.db,
                     storage: self.storage.as_ref(),
                     chunks: self.chunks.as_ref(),
+                    outbox: &self.outbox,
                     chunk_size: self.settings.chunk_size.max(1),
                     max_rows: self.settings.max_rows,
                 };
@@ -161,7 +174,7 @@ impl Pipeline {
                     }),
                 }
             }
-            JobPayload::ProcessChunk(job) => match apply_chunk(&self.db, job).await {
+            JobPayload::ProcessChunk(job) => match apply_chunk(&self.db, job, &self.outbox).await {
                 Ok(ChunkOutcome::Skipped(status)) => {
                     tracing::info!(
                         upload_id = job.upload_id,
@@ -177,6 +190,10 @@ impl Pipeline {
                     message: e.to_string(),
                 }),
             },
+            JobPayload::NotifyWebhook { .. } => Err(JobFailure {
+                retryable: false,
+                message: "webhook calls belong on the webhook queue".into(),
+            }),
         }
     }
 
@@ -190,7 +207,7 @@ impl Pipeline {
                     describe(&payload),
                     queue.max_attempts()
                 );
-                fail_upload(&self.db, payload.upload_id(), &reason).await?;
+                fail_upload(&self.db, &self.outbox, payload.upload_id(), &reason).await?;
                 self.progress.changed(payload.upload_id()).await;
                 rescued += 1;
             }
@@ -271,6 +288,7 @@ fn describe(payload: &JobPayload) -> String {
     match payload {
         JobPayload::DispatchUpload { .. } => "reading the file".to_owned(),
         JobPayload::ProcessChunk(c) => format!("chunk {} (rows {}–{})", c.chunk, first_row(c), last_row(c)),
+        JobPayload::NotifyWebhook { .. } => "the webhook call".to_owned(),
     }
 }
 

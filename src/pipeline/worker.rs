@@ -19,6 +19,7 @@ use sea_orm::{
 use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
 use crate::domain::DeviceType;
 use crate::queue::ChunkJob;
+use crate::webhook::Outbox;
 
 /// Rows per statement: keeps every statement under SQLite's and PostgreSQL's bind limits
 /// whatever the configured chunk size.
@@ -56,7 +57,11 @@ impl ChunkError {
 }
 
 #[tracing::instrument(skip_all, fields(upload_id = job.upload_id, chunk = job.chunk, rows = job.rows.len()))]
-pub async fn apply_chunk(db: &DatabaseConnection, job: &ChunkJob) -> Result<ChunkOutcome, ChunkError> {
+pub async fn apply_chunk(
+    db: &DatabaseConnection,
+    job: &ChunkJob,
+    outbox: &Outbox,
+) -> Result<ChunkOutcome, ChunkError> {
     let txn = db.begin().await?;
     let now = Utc::now();
     // First statement: on SQLite it takes the write lock, so nothing read below can be
@@ -137,6 +142,9 @@ pub async fn apply_chunk(db: &DatabaseConnection, job: &ChunkJob) -> Result<Chun
             .map_or(UploadStatus::Failed, |u| u.status);
         return Ok(ChunkOutcome::Skipped(current));
     };
+    if status.is_terminal() {
+        outbox.upload_finished(&txn, upload.id).await?;
+    }
     txn.commit().await?;
     let finished = status.is_terminal().then_some(status);
     if let Some(status) = finished {

@@ -38,6 +38,8 @@ pub enum JobPayload {
     DispatchUpload { upload_id: i64 },
     /// Decide and apply one chunk of an upload's rows, in one transaction.
     ProcessChunk(ChunkJob),
+    /// Tell the configured webhook that the upload finished.
+    NotifyWebhook { upload_id: i64 },
 }
 
 /// One chunk of an upload: consecutive data rows, as the dispatcher read them.
@@ -72,13 +74,15 @@ impl JobPayload {
         match self {
             Self::DispatchUpload { upload_id } => format!("dispatch:{upload_id}"),
             Self::ProcessChunk(c) => format!("chunk:{}:{}", c.upload_id, c.chunk),
+            // An upload reaches a terminal state once: one call per upload.
+            Self::NotifyWebhook { upload_id } => format!("webhook:{upload_id}"),
         }
     }
 
     /// The upload the job belongs to.
     pub fn upload_id(&self) -> i64 {
         match self {
-            Self::DispatchUpload { upload_id } => *upload_id,
+            Self::DispatchUpload { upload_id } | Self::NotifyWebhook { upload_id } => *upload_id,
             Self::ProcessChunk(c) => c.upload_id,
         }
     }
@@ -146,6 +150,16 @@ pub trait Queue: Send + Sync {
 /// returns whether it was added. Call it inside the transaction whose effects the job
 /// belongs to (the outbox of `finalizeBatchUpload`).
 pub async fn enqueue(db: &impl ConnectionTrait, queue: &str, payload: &JobPayload) -> Result<bool, DbErr> {
+    enqueue_with(db, queue, payload, DEFAULT_MAX_ATTEMPTS).await
+}
+
+/// [`enqueue`] with its own number of attempts.
+pub async fn enqueue_with(
+    db: &impl ConnectionTrait,
+    queue: &str,
+    payload: &JobPayload,
+    max_attempts: u32,
+) -> Result<bool, DbErr> {
     let now = Utc::now();
     let body = serde_json::to_string(payload).map_err(|e| DbErr::Custom(e.to_string()))?;
     let inserted = Job::insert(job::ActiveModel {
@@ -154,7 +168,7 @@ pub async fn enqueue(db: &impl ConnectionTrait, queue: &str, payload: &JobPayloa
         dedupe_key: Set(Some(payload.dedupe_key())),
         state: Set(JobState::Available),
         attempts: Set(0),
-        max_attempts: Set(DEFAULT_MAX_ATTEMPTS as i32),
+        max_attempts: Set(i32::try_from(max_attempts).unwrap_or(i32::MAX)),
         run_at: Set(now),
         created_at: Set(now),
         updated_at: Set(now),

@@ -1,13 +1,17 @@
 //! The upload lifecycle as the API drives it: prepare, finalize, read and list.
 //! Checks and state changes live here; the GraphQL layer only translates.
 
+mod cancel;
 mod finalize;
 mod prepare;
 mod read;
+mod terminate;
 
+pub use cancel::cancel;
 pub use finalize::{FinalizeInput, finalize};
 pub use prepare::{PrepareInput, Prepared, prepare};
 pub use read::{UploadPage, find_visible, list};
+pub use terminate::terminate;
 
 use entity::prelude::*;
 use entity::{action, workflow};

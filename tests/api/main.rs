@@ -6,6 +6,7 @@ mod moto;
 
 mod api_contract;
 mod auth;
+mod cancel;
 mod finalize;
 mod pipeline;
 mod prepare;
@@ -16,3 +17,4 @@ mod schema;
 mod storage_local;
 mod storage_s3;
 mod tenancy;
+mod webhook;
