@@ -30,6 +30,10 @@ pub enum ApiError {
     UploadNotFound,
     #[error("the file has not been uploaded yet")]
     UploadNotUploaded,
+    #[error("an item with this id already exists")]
+    AlreadyExists,
+    #[error("still in use: {0}")]
+    InUse(String),
     #[error("the upload has already finished")]
     UploadAlreadyFinished,
     #[error("the upload has no failed rows to retry")]
@@ -56,6 +60,8 @@ impl ApiError {
             Self::InvalidRowCount { .. } => "INVALID_ROW_COUNT",
             Self::UploadNotFound => "UPLOAD_NOT_FOUND",
             Self::UploadNotUploaded => "UPLOAD_NOT_UPLOADED",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::InUse(_) => "IN_USE",
             Self::UploadAlreadyFinished => "UPLOAD_ALREADY_FINISHED",
             Self::NothingToRetry => "NOTHING_TO_RETRY",
             Self::BadUserInput(_) => "BAD_USER_INPUT",

@@ -2,6 +2,7 @@
 //! `prepareBatchUpload` → upload → `finalizeBatchUpload` flow.
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

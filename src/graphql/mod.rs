@@ -1,5 +1,6 @@
 //! The GraphQL API: schema assembly from per-domain roots, AppSync scalars, auth context.
 
+mod admin;
 mod context;
 mod error_codes;
 mod scalars;
@@ -14,10 +15,10 @@ pub use scalars::{AwsDateTime, AwsJson};
 pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 
 #[derive(MergedObject, Default)]
-pub struct Query(upload_query::UploadQuery);
+pub struct Query(upload_query::UploadQuery, admin::AdminQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(upload_mutation::UploadMutation);
+pub struct Mutation(upload_mutation::UploadMutation, admin::AdminMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 

@@ -4,6 +4,7 @@
 mod helpers;
 mod moto;
 
+mod admin;
 mod api_contract;
 mod auth;
 mod cancel;
