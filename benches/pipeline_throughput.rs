@@ -5,6 +5,8 @@
 //! `cargo bench --bench pipeline_throughput` (sizes from `FLEETLOAD_BENCH_ROWS`, default
 //! `10000,100000`; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`, skipped when unreachable).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use entity::prelude::Upload;
@@ -15,8 +17,63 @@ use fleetload::startup::{Application, jwt_secret};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
+/// Sums of the workers' per-chunk phase timings (the `chunk timings` debug events), so the
+/// bench can say where a chunk's time goes.
+struct PhaseTotals {
+    fields: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+static PHASES: PhaseTotals = PhaseTotals {
+    fields: Mutex::new(BTreeMap::new()),
+};
+
+struct PhaseLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PhaseLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Visit<'a>(&'a mut BTreeMap<&'static str, u64>);
+        impl tracing::field::Visit for Visit<'_> {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name().ends_with("_us") {
+                    *self.0.entry(field.name()).or_default() += value;
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        if event.metadata().target().ends_with("pipeline::worker") {
+            let mut fields = PHASES.fields.lock().unwrap();
+            *fields.entry("chunks").or_default() += 1;
+            event.record(&mut Visit(&mut fields));
+        }
+    }
+}
+
+fn phase_summary() -> String {
+    let mut fields = PHASES.fields.lock().unwrap();
+    let chunks = fields.get("chunks").copied().unwrap_or(0).max(1) as f64;
+    let avg = |name: &str| fields.get(name).copied().unwrap_or(0) as f64 / chunks / 1000.0;
+    let line = format!(
+        "per chunk (avg of {chunks}): lookup {:.1} ms, effects {:.1} ms, results {:.1} ms, commit {:.1} ms, whole transaction {:.1} ms",
+        avg("lookup_us"),
+        avg("effects_us"),
+        avg("results_us"),
+        avg("commit_us"),
+        avg("total_us"),
+    );
+    fields.clear();
+    line
+}
+
 #[tokio::main]
 async fn main() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let only_worker = tracing_subscriber::filter::Targets::new()
+        .with_target("fleetload::pipeline::worker", tracing::Level::DEBUG);
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(PhaseLayer, only_worker)),
+    )
+    .unwrap();
+
     let sizes: Vec<usize> = std::env::var("FLEETLOAD_BENCH_ROWS")
         .unwrap_or_else(|_| "10000,100000".into())
         .split(',')
@@ -133,6 +190,7 @@ async fn run(label: &str, mut settings: Settings, rows: usize) {
         ms(finished - began),
         peak_rss_mib(),
     );
+    println!("{:>27}{}", "", phase_summary());
 }
 
 async fn upload(http: &reqwest::Client, file_upload: &Value, bytes: Vec<u8>) {
