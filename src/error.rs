@@ -34,6 +34,8 @@ pub enum ApiError {
     UploadAlreadyFinished,
     #[error("the upload has no failed rows to retry")]
     NothingToRetry,
+    #[error("the upload has not finished processing yet")]
+    UploadNotFinished,
     #[error("{0}")]
     BadUserInput(String),
     /// Anything the client cannot fix; the cause goes to the log only.
@@ -58,6 +60,7 @@ impl ApiError {
             Self::UploadNotUploaded => "UPLOAD_NOT_UPLOADED",
             Self::UploadAlreadyFinished => "UPLOAD_ALREADY_FINISHED",
             Self::NothingToRetry => "NOTHING_TO_RETRY",
+            Self::UploadNotFinished => "UPLOAD_NOT_FINISHED",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }

@@ -67,6 +67,7 @@ impl Application {
             verifier: Arc::new(verifier),
             settings: Arc::new(settings),
             progress: parts.progress,
+            statements: parts.statements,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -152,6 +153,7 @@ pub struct Components {
     pub storage_routes: Option<Router>,
     pub pipeline: Arc<Pipeline>,
     pub progress: Arc<ProgressBus>,
+    pub statements: db::StatementCounter,
 }
 
 impl Components {
@@ -162,7 +164,8 @@ impl Components {
         public_url: &Url,
         aws: Option<aws_config::SdkConfig>,
     ) -> anyhow::Result<Self> {
-        let db = db::connect(settings).await?;
+        let mut db = db::connect(settings).await?;
+        let statements = db::StatementCounter::attach(&mut db);
         db::migrate(&db).await?;
         if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
             demo::seed(&db).await.context("seeding demo data")?;
@@ -212,6 +215,7 @@ impl Components {
             storage_routes,
             pipeline,
             progress,
+            statements,
         })
     }
 }

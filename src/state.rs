@@ -17,4 +17,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where this process hears that an upload changed.
     pub progress: Arc<ProgressBus>,
+    /// Statements run on `db` so far.
+    pub statements: crate::db::StatementCounter,
 }

@@ -2,10 +2,12 @@
 
 mod context;
 mod error_codes;
+mod results_mutation;
 mod scalars;
 mod types;
 mod upload_mutation;
 mod upload_query;
+mod upload_results;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
@@ -17,7 +19,7 @@ pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 pub struct Query(upload_query::UploadQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(upload_mutation::UploadMutation);
+pub struct Mutation(upload_mutation::UploadMutation, results_mutation::ResultsMutation);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -28,7 +30,8 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 
 /// The schema of a running server.
 pub fn build_schema(state: crate::state::AppState) -> AppSchema {
-    schema_builder().data(state).finish()
+    let recent_errors = upload_results::RecentErrors::loader(state.db.clone());
+    schema_builder().data(state).data(recent_errors).finish()
 }
 
 /// The SDL that `schema.graphql` holds and `fleetload schema` prints.
