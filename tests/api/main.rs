@@ -12,6 +12,7 @@ mod prepare;
 mod processes;
 mod queue_db;
 mod queue_sqs;
+mod results;
 mod schema;
 mod storage_local;
 mod storage_s3;
