@@ -6,6 +6,7 @@ mod moto;
 
 mod api_contract;
 mod auth;
+mod error_report;
 mod finalize;
 mod pipeline;
 mod prepare;
@@ -13,6 +14,7 @@ mod processes;
 mod queue_db;
 mod queue_sqs;
 mod results;
+mod retry;
 mod schema;
 mod storage_local;
 mod storage_s3;

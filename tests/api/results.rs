@@ -58,7 +58,11 @@ pub async fn seeded_upload(app: &TestApp, rows: i32) -> String {
                     upload_id: Set(id),
                     row_number: Set(n),
                     device_uid: Set(format!("uid-{n}")),
-                    outcome: Set(if code.is_some() { Outcome::Fail } else { Outcome::Success }),
+                    outcome: Set(if code.is_some() {
+                        Outcome::Fail
+                    } else {
+                        Outcome::Success
+                    }),
                     error_code: Set(code.map(str::to_owned)),
                     message: Set(code.map(|c| format!("row {n}: {c}"))),
                 }
@@ -70,7 +74,10 @@ pub async fn seeded_upload(app: &TestApp, rows: i32) -> String {
             .unwrap();
     }
     entity::prelude::Upload::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::CompletedWithErrors))
+        .col_expr(
+            upload::Column::Status,
+            Expr::value(UploadStatus::CompletedWithErrors),
+        )
         .col_expr(upload::Column::TotalRows, Expr::value(rows))
         .col_expr(upload::Column::ProcessedRows, Expr::value(rows))
         .col_expr(upload::Column::Succeeded, Expr::value(rows - failed))
@@ -86,7 +93,9 @@ pub async fn seeded_upload(app: &TestApp, rows: i32) -> String {
 /// One page of results as alice sees them in `demo`.
 pub async fn results_page(app: &TestApp, id: &str, vars: Value) -> Value {
     let mut all = json!({"t": "demo", "id": id, "count": true});
-    all.as_object_mut().unwrap().extend(vars.as_object().unwrap().clone());
+    all.as_object_mut()
+        .unwrap()
+        .extend(vars.as_object().unwrap().clone());
     app.gql(Some(&app.alice()), RESULTS, all).await
 }
 
@@ -97,7 +106,9 @@ async fn walk(app: &TestApp, id: &str, filter: Value) -> (Vec<Value>, i64) {
     let mut total = None;
     loop {
         let mut vars = json!({"first": 500, "after": after, "count": total.is_none()});
-        vars.as_object_mut().unwrap().extend(filter.as_object().unwrap().clone());
+        vars.as_object_mut()
+            .unwrap()
+            .extend(filter.as_object().unwrap().clone());
         let body = results_page(app, id, vars).await;
         assert!(body.get("errors").is_none(), "{body}");
         let conn = &body["data"]["upload"]["results"];
@@ -118,7 +129,10 @@ async fn walk(app: &TestApp, id: &str, filter: Value) -> (Vec<Value>, i64) {
 
 /// Asserts the nodes are exactly rows `want`, naming the first difference (not 100,000 numbers).
 fn assert_rows(nodes: &[Value], want: &[i32]) {
-    let got: Vec<i32> = nodes.iter().map(|n| n["rowNumber"].as_i64().unwrap() as i32).collect();
+    let got: Vec<i32> = nodes
+        .iter()
+        .map(|n| n["rowNumber"].as_i64().unwrap() as i32)
+        .collect();
     let first_difference = got.iter().zip(want).position(|(g, w)| g != w);
     assert!(
         got.len() == want.len() && first_difference.is_none(),
