@@ -7,11 +7,12 @@ use entity::prelude::*;
 use entity::upload;
 use futures::{Stream, TryStreamExt};
 use sea_orm::{ConnectionTrait, DbErr, EntityTrait, StreamTrait};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 
 use crate::domain::DeviceType;
 use crate::error::ApiError;
 use crate::pipeline::csv_file::{CsvFile, FileError};
+use crate::state::AppState;
 use crate::storage::{ObjectStore, snapshot_key};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -74,6 +75,26 @@ where
         .map_err(MergeError::from)?;
     let failures = failures_in_order(db, upload.id).await?;
     Ok(merge(file, failures, layout, out).await?)
+}
+
+/// Merges `upload`'s failed rows in `layout` into a temporary file and stores it under `key`;
+/// returns how many rows it holds.
+pub async fn store(
+    state: &AppState,
+    upload: &upload::Model,
+    layout: Layout,
+    key: &str,
+) -> Result<u64, ApiError> {
+    // Deleted on drop, whether storing succeeds or not.
+    let temp = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
+    let file = tokio::fs::File::create(temp.path())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let rows = write(&state.db, state.storage.as_ref(), upload, layout, &mut out).await?;
+    drop(out);
+    state.storage.put_file(key, temp.path()).await?;
+    Ok(rows)
 }
 
 /// The FAIL results of an upload by row number, streamed. The literal `'FAIL'` lets SQLite

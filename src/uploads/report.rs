@@ -8,9 +8,8 @@ use entity::prelude::*;
 use entity::upload;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use tokio::io::BufWriter;
 
-use super::failed_rows::{self, Layout};
+use super::failed_rows::{Layout, store};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::storage::{SignedDownload, error_report_key};
@@ -39,7 +38,7 @@ pub async fn error_report(
 async fn generate(state: &AppState, upload: &upload::Model) -> Result<String, ApiError> {
     let started = std::time::Instant::now();
     let key = error_report_key(&upload.object_key);
-    let rows = write_to_storage(state, upload, Layout::ErrorReport, &key).await?;
+    let rows = store(state, upload, Layout::ErrorReport, &key).await?;
     Upload::update_many()
         .col_expr(upload::Column::ErrorReportKey, Expr::value(key.clone()))
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -52,24 +51,4 @@ async fn generate(state: &AppState, upload: &upload::Model) -> Result<String, Ap
         "error report generated"
     );
     Ok(key)
-}
-
-/// Merges `upload`'s failed rows in `layout` into a temporary file and stores it under `key`;
-/// returns how many rows it holds.
-pub(super) async fn write_to_storage(
-    state: &AppState,
-    upload: &upload::Model,
-    layout: Layout,
-    key: &str,
-) -> Result<u64, ApiError> {
-    // Deleted on drop, whether storing succeeds or not.
-    let temp = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
-    let file = tokio::fs::File::create(temp.path())
-        .await
-        .map_err(ApiError::internal)?;
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
-    let rows = failed_rows::write(&state.db, state.storage.as_ref(), upload, layout, &mut out).await?;
-    drop(out);
-    state.storage.put_file(key, temp.path()).await?;
-    Ok(rows)
 }

@@ -141,7 +141,7 @@ pub async fn recent_failures(
     }
     // UNION ALL promises no order across its parts.
     for rows in by_upload.values_mut() {
-        rows.sort_by(|a, b| b.row_number.cmp(&a.row_number));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.row_number));
     }
     Ok(by_upload)
 }

@@ -5,8 +5,7 @@ use chrono::{Duration, Utc};
 use entity::upload::{self, UploadStatus};
 use sea_orm::{ActiveModelTrait, Set};
 
-use super::failed_rows::Layout;
-use super::report::write_to_storage;
+use super::failed_rows::{Layout, store};
 use super::{Prepared, find_visible};
 use crate::access;
 use crate::auth::{Identity, Permission};
@@ -37,7 +36,7 @@ pub async fn retry_failed_rows(
     let public_id = uuid::Uuid::now_v7().to_string();
     let object_key = upload_key(&public_id, now);
     // The file first: a PREPARED retry upload always has its file, so finalize just works.
-    let rows = write_to_storage(state, &original, Layout::RetryFile, &object_key).await?;
+    let rows = store(state, &original, Layout::RetryFile, &object_key).await?;
     let rows = i32::try_from(rows).map_err(ApiError::internal)?;
     if rows == 0 {
         return Err(ApiError::NothingToRetry);
