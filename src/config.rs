@@ -106,6 +106,15 @@ pub struct Settings {
     )]
     pub upload_url_ttl_secs: u64,
 
+    /// How long a signed download link (the error report) stays valid, in seconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_DOWNLOAD_URL_TTL_SECS",
+        default_value_t = 900,
+        global = true
+    )]
+    pub download_url_ttl_secs: u64,
+
     /// HS256 secret for tokens; default: generated on first start and kept in the data dir.
     #[arg(long, env = "FLEETLOAD_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<SecretString>,

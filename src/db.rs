@@ -1,6 +1,8 @@
 //! Database connection, migrations and demo seeding for SQLite (embedded) and PostgreSQL.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -67,6 +69,28 @@ async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<Datab
         .await
         .context("opening the SQLite database")?;
     Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
+}
+
+/// How many statements a connection (and every clone of it) has run: an operability metric,
+/// and how tests prove a page costs a fixed number of queries whatever its size.
+#[derive(Clone, Debug, Default)]
+pub struct StatementCounter(Arc<AtomicU64>);
+
+impl StatementCounter {
+    /// Counts every statement `db` runs from now on. Call it before cloning the connection:
+    /// clones made earlier keep running uncounted.
+    pub fn attach(db: &mut DatabaseConnection) -> Self {
+        let counter = Self::default();
+        let count = counter.0.clone();
+        db.set_metric_callback(move |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        counter
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Applies pending migrations. On PostgreSQL an advisory lock makes replicas that start

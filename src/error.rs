@@ -38,6 +38,8 @@ pub enum ApiError {
     UploadAlreadyFinished,
     #[error("the upload has no failed rows to retry")]
     NothingToRetry,
+    #[error("the upload has not finished processing yet")]
+    UploadNotFinished,
     #[error("{0}")]
     BadUserInput(String),
     /// Anything the client cannot fix; the cause goes to the log only.
@@ -64,6 +66,7 @@ impl ApiError {
             Self::InUse(_) => "IN_USE",
             Self::UploadAlreadyFinished => "UPLOAD_ALREADY_FINISHED",
             Self::NothingToRetry => "NOTHING_TO_RETRY",
+            Self::UploadNotFinished => "UPLOAD_NOT_FINISHED",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }

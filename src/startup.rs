@@ -71,6 +71,7 @@ impl Application {
             settings: Arc::new(settings),
             progress: parts.progress,
             outbox: parts.outbox,
+            statements: parts.statements,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -162,6 +163,7 @@ pub struct Components {
     pub outbox: Outbox,
     /// Delivers webhook calls, when a webhook is configured.
     pub webhook: Option<Arc<WebhookDeliverer>>,
+    pub statements: db::StatementCounter,
 }
 
 impl Components {
@@ -172,7 +174,8 @@ impl Components {
         public_url: &Url,
         aws: Option<aws_config::SdkConfig>,
     ) -> anyhow::Result<Self> {
-        let db = db::connect(settings).await?;
+        let mut db = db::connect(settings).await?;
+        let statements = db::StatementCounter::attach(&mut db);
         db::migrate(&db).await?;
         if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
             demo::seed(&db).await.context("seeding demo data")?;
@@ -229,6 +232,7 @@ impl Components {
             progress,
             outbox,
             webhook,
+            statements,
         })
     }
 }

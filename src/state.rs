@@ -20,4 +20,6 @@ pub struct AppState {
     pub progress: Arc<ProgressBus>,
     /// Where terminal states queue their webhook call.
     pub outbox: Outbox,
+    /// Statements run on `db` so far.
+    pub statements: crate::db::StatementCounter,
 }

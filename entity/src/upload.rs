@@ -81,6 +81,9 @@ pub struct Model {
     pub started_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
+    /// Object-store key of the error report, once generated (it never changes afterwards:
+    /// only terminal uploads get one).
+    pub error_report_key: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_tables;
 mod m20261123_000002_create_upload_chunks;
+mod m20261124_000001_add_error_report_key;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_tables::Migration),
             Box::new(m20261123_000002_create_upload_chunks::Migration),
+            Box::new(m20261124_000001_add_error_report_key::Migration),
         ]
     }
 }

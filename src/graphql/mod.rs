@@ -3,10 +3,12 @@
 mod admin;
 mod context;
 mod error_codes;
+mod results_mutation;
 mod scalars;
 mod types;
 mod upload_mutation;
 mod upload_query;
+mod upload_results;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
 
@@ -18,7 +20,11 @@ pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 pub struct Query(upload_query::UploadQuery, admin::AdminQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(upload_mutation::UploadMutation, admin::AdminMutation);
+pub struct Mutation(
+    upload_mutation::UploadMutation,
+    results_mutation::ResultsMutation,
+    admin::AdminMutation,
+);
 
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
@@ -29,7 +35,8 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
 
 /// The schema of a running server.
 pub fn build_schema(state: crate::state::AppState) -> AppSchema {
-    schema_builder().data(state).finish()
+    let recent_errors = upload_results::RecentErrors::loader(state.db.clone());
+    schema_builder().data(state).data(recent_errors).finish()
 }
 
 /// The SDL that `schema.graphql` holds and `fleetload schema` prints.

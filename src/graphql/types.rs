@@ -1,9 +1,11 @@
 //! GraphQL object types of uploads, mirroring SPEC §1's shapes.
 
-use async_graphql::{Enum, Object, SimpleObject};
+use async_graphql::{Context, Enum, Object, SimpleObject};
 use entity::upload;
 
 use super::scalars::{AwsDateTime, AwsJson};
+use super::upload_results::{self, BatchResultConnection};
+use crate::error::GqlResult;
 use crate::storage::PresignedPost;
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +115,28 @@ impl Upload {
     }
     async fn finished_at(&self) -> Option<AwsDateTime> {
         self.0.finished_at.map(Into::into)
+    }
+    /// Counters, rate, ETA and the latest failures, as `uploadProgress` emits them.
+    async fn progress(&self, ctx: &Context<'_>) -> GqlResult<UploadProgress> {
+        upload_results::progress(ctx, &self.0).await
+    }
+    /// The result rows by row number, `first` (default 20, at most 500) after the cursor
+    /// `after`. Filters are exact; an `errorCode` matches FAIL rows only.
+    async fn results(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        outcome: Option<Outcome>,
+        error_code: Option<String>,
+    ) -> GqlResult<BatchResultConnection> {
+        upload_results::results(ctx, &self.0, first, after, outcome, error_code).await
+    }
+    /// A CSV of the failed rows: the file's header and each failed row as written, plus
+    /// `rowNumber,errorCode,message`. Null until the upload has finished, and null when no
+    /// row failed. The link expires (`expiresAt`); ask again for a fresh one.
+    async fn error_report(&self, ctx: &Context<'_>) -> GqlResult<Option<FileDownload>> {
+        upload_results::error_report(ctx, &self.0).await
     }
 }
 

@@ -120,7 +120,8 @@ pub struct CsvRow {
 ///
 /// [`CsvFile::open`] reads the header; [`CsvFile::next_row`] (key cells) or
 /// [`CsvFile::next_record`] (every cell, for the error report) then read the data rows in order.
-/// Stop at the first error: the file then reads as ended.
+/// Stop at the first error: the file then reads as ended. Opened with
+/// [`CsvFile::open_verbatim`], it also keeps each row's bytes as written ([`CsvFile::verbatim`]).
 pub struct CsvFile<R> {
     csv: AsyncReader<Scanner<Chain<Cursor<Vec<u8>>, R>>>,
     headers: Vec<String>,
@@ -128,11 +129,26 @@ pub struct CsvFile<R> {
     key2: Option<usize>,
     /// Data rows read so far, i.e. the number of the last one.
     rows: i32,
+    /// Parser offsets (BOM excluded) of the last record read: from where the parser started
+    /// it to where it stopped, so skipped blank lines and line breaks may be inside.
+    span: (u64, u64),
+    bom: bool,
 }
 
 impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
     /// Reads the header and finds the key columns of `device_type`.
-    pub async fn open(mut reader: R, device_type: DeviceType) -> Result<Self, FileError> {
+    pub async fn open(reader: R, device_type: DeviceType) -> Result<Self, FileError> {
+        Self::open_with(reader, device_type, false).await
+    }
+
+    /// As [`CsvFile::open`], keeping the bytes of the header and of each row as written, so
+    /// rows can be copied out with their quoting untouched. Memory stays bounded: bytes are
+    /// released once the row after them is read.
+    pub async fn open_verbatim(reader: R, device_type: DeviceType) -> Result<Self, FileError> {
+        Self::open_with(reader, device_type, true).await
+    }
+
+    async fn open_with(mut reader: R, device_type: DeviceType, verbatim: bool) -> Result<Self, FileError> {
         let mut head = vec![0u8; SNIFF_BYTES];
         let mut len = 0;
         while len < head.len() {
@@ -160,7 +176,10 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
         };
         head.drain(..bom);
 
-        let scanner = Scanner::new(Cursor::new(head).chain(reader), bom as u64);
+        let mut scanner = Scanner::new(Cursor::new(head).chain(reader), bom as u64);
+        if verbatim {
+            scanner.tape = Some(Tape::default());
+        }
         let mut csv = AsyncReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -169,6 +188,11 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
 
         let mut header = StringRecord::new();
         loop {
+            // Lines before the header are never wanted verbatim.
+            let end = csv.position().byte();
+            if let Some(tape) = &mut csv.get_mut().tape {
+                tape.release_before(end);
+            }
             match csv.read_record(&mut header).await {
                 Ok(true) if header.iter().any(|cell| !cell.trim().is_empty()) => break,
                 Ok(true) => {}
@@ -177,6 +201,7 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             }
         }
         let headers: Vec<String> = header.iter().map(str::to_owned).collect();
+        let span = (header.position().map_or(0, |p| p.byte()), csv.position().byte());
 
         let (names, second) = column_names(device_type);
         let key = names
@@ -190,7 +215,41 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             key,
             key2,
             rows: 0,
+            span,
+            bom: bom > 0,
         })
+    }
+
+    /// Whether the file starts with a UTF-8 byte-order mark.
+    pub fn has_bom(&self) -> bool {
+        self.bom
+    }
+
+    /// The bytes of the last record read (right after opening: the header) as written in the
+    /// file, without line breaks before or after it; empty unless opened verbatim.
+    pub fn verbatim(&self) -> &[u8] {
+        let Some(tape) = &self.csv.get_ref().tape else {
+            return &[];
+        };
+        let at = |offset: u64| {
+            usize::try_from(offset.saturating_sub(tape.start)).map_or(0, |n| n.min(tape.bytes.len()))
+        };
+        trim_line_breaks(&tape.bytes[at(self.span.0)..at(self.span.1)]).0
+    }
+
+    /// The line break that ends the header line (`\r\n` or `\n`), to write rows the way the
+    /// file does; read right after opening verbatim.
+    pub fn header_line_break(&self) -> &'static str {
+        let Some(tape) = &self.csv.get_ref().tape else {
+            return "\n";
+        };
+        let end =
+            usize::try_from(self.span.1.saturating_sub(tape.start)).map_or(0, |n| n.min(tape.bytes.len()));
+        let start = usize::try_from(self.span.0.saturating_sub(tape.start)).map_or(0, |n| n.min(end));
+        match trim_line_breaks(&tape.bytes[start..end]).1.first() {
+            Some(b'\r') => "\r\n",
+            _ => "\n",
+        }
     }
 
     /// The header's cells as written (BOM removed, not trimmed).
@@ -222,9 +281,18 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
         }
     }
 
-    /// Reads the next data row into `record`, returning its number.
-    async fn read_into(&mut self, record: &mut StringRecord) -> Result<Option<i32>, FileError> {
-        match self.csv.read_record(record).await {
+    /// Reads the next data row into `record`, returning its number; reuses `record`'s
+    /// buffers, so skipping through a large file allocates nothing per row.
+    pub async fn read_into(&mut self, record: &mut StringRecord) -> Result<Option<i32>, FileError> {
+        if let Some(tape) = &mut self.csv.get_mut().tape {
+            tape.release_before(self.span.1);
+        }
+        let read = self.csv.read_record(record).await;
+        self.span = (
+            record.position().map_or(0, |p| p.byte()),
+            self.csv.position().byte(),
+        );
+        match read {
             Ok(false) => Ok(None),
             Ok(true) => {
                 self.rows = self
@@ -259,6 +327,16 @@ pub async fn validate<R: AsyncRead + Unpin + Send>(
         return Err(FileError::NoDataRows);
     }
     Ok(rows)
+}
+
+/// `bytes` without the line breaks around it, and the ones that followed it. Content never
+/// starts or ends with a bare line break: one inside a cell is quoted, and the quote is the
+/// first or last byte.
+fn trim_line_breaks(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let is_break = |b: &u8| matches!(b, b'\r' | b'\n');
+    let start = bytes.iter().position(|b| !is_break(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !is_break(b)).map_or(start, |i| i + 1);
+    (&bytes[start..end], &bytes[end..])
 }
 
 /// The index of the leftmost header cell named `name`, ignoring surrounding space and case.
@@ -385,6 +463,27 @@ enum Quoting {
     QuoteInQuoted,
 }
 
+/// The bytes handed to the parser that may still be asked for verbatim.
+#[derive(Default)]
+struct Tape {
+    bytes: Vec<u8>,
+    /// Parser offset of `bytes[0]`.
+    start: u64,
+}
+
+impl Tape {
+    /// Forgets the bytes before parser offset `offset`. Compacts only once the dead part is
+    /// the larger half, so each byte is moved a bounded number of times.
+    fn release_before(&mut self, offset: u64) {
+        let dead = usize::try_from(offset.saturating_sub(self.start))
+            .map_or(self.bytes.len(), |n| n.min(self.bytes.len()));
+        if dead > 0 && dead * 2 >= self.bytes.len() {
+            self.bytes.drain(..dead);
+            self.start += dead as u64;
+        }
+    }
+}
+
 /// Sees every byte on its way to the parser and refuses what the parser would accept silently:
 /// NUL bytes, invalid UTF-8, a quoted cell never closed, a row too long to hold in memory.
 /// It follows csv-core's quoting rules to know where rows end, and counts physical lines
@@ -406,6 +505,8 @@ struct Scanner<R> {
     utf8_tail: Vec<u8>,
     /// Once set, every read fails: the parser must not see bytes past a refusal.
     problem: Option<Problem>,
+    /// A copy of what the parser was given, when rows are wanted verbatim.
+    tape: Option<Tape>,
 }
 
 impl<R> Scanner<R> {
@@ -421,6 +522,7 @@ impl<R> Scanner<R> {
             row_line: 1,
             utf8_tail: Vec::with_capacity(4),
             problem: None,
+            tape: None,
         }
     }
 
@@ -555,7 +657,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for Scanner<R> {
             Ok(())
         };
         match checked {
-            Ok(()) => Poll::Ready(Ok(())),
+            Ok(()) => {
+                if let Some(tape) = &mut this.tape {
+                    tape.bytes.extend_from_slice(&buf.filled()[before..]);
+                }
+                Poll::Ready(Ok(()))
+            }
             Err(problem) => {
                 this.problem = Some(problem);
                 Poll::Ready(Err(refused()))
@@ -1232,6 +1339,26 @@ mod tests {
                 "chunk {chunk}: {err:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn reading_verbatim_keeps_a_bounded_window_of_the_file() {
+        let mut data = b"imei,note\r\n".to_vec();
+        for i in 0..100_000 {
+            data.extend_from_slice(format!("{i},\"n, {i}\"\r\n").as_bytes());
+        }
+        let mut file = CsvFile::open_verbatim(Cursor::new(data), DeviceType::Smartphone)
+            .await
+            .unwrap();
+        assert_eq!(file.verbatim(), b"imei,note");
+        assert_eq!(file.header_line_break(), "\r\n");
+        let mut record = StringRecord::new();
+        let mut largest = 0;
+        while let Some(n) = file.read_into(&mut record).await.unwrap() {
+            assert_eq!(file.verbatim(), format!("{},\"n, {}\"", n - 1, n - 1).as_bytes());
+            largest = largest.max(file.csv.get_ref().tape.as_ref().unwrap().bytes.len());
+        }
+        assert!(largest <= 3 * BUFFER_BYTES, "the window grew to {largest} bytes");
     }
 
     #[tokio::test]

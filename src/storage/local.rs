@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncWriteExt;
 
+use super::download_url::{self, LinkError};
 use super::policy::{self, PolicyError, PolicyRequest, Signer};
-use super::{ObjectReader, ObjectStore, PresignedPost, StorageError, validate_key};
+use super::{ObjectReader, ObjectStore, PresignedPost, SignedDownload, StorageError, validate_key};
 
 /// The local store poses as one bucket with one access key; the secret lives in the data dir.
 const BUCKET: &str = "local";
@@ -50,11 +52,13 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
-    /// The upload endpoint; `max_upload_bytes` caps the whole request while it streams.
+    /// The upload endpoint and the signed download links; `max_upload_bytes` caps the whole
+    /// upload request while it streams.
     pub fn router(self: Arc<Self>, max_upload_bytes: u64) -> Router {
         let limit = usize::try_from(max_upload_bytes.saturating_add(FORM_OVERHEAD)).unwrap_or(usize::MAX);
         Router::new()
             .route("/objects", post(post_object))
+            .route("/objects/{*key}", get(get_object))
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
     }
@@ -138,6 +142,59 @@ async fn post_object(State(store): State<Arc<LocalStore>>, form: Multipart) -> R
     }
 }
 
+/// The query string of a signed download link.
+#[derive(serde::Deserialize)]
+struct LinkQuery {
+    expires: i64,
+    signature: String,
+}
+
+/// Serves a signed download link: signature first, then expiry, then the file, streamed.
+async fn get_object(
+    State(store): State<Arc<LocalStore>>,
+    UrlPath(key): UrlPath<String>,
+    query: Result<Query<LinkQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(link)) = query else {
+        return S3Error::access_denied(
+            "Query-string authentication requires the expires and signature parameters",
+        )
+        .into_response();
+    };
+    if let Err(err) = download_url::verify(
+        store.secret.expose_secret(),
+        &key,
+        link.expires,
+        &link.signature,
+        Utc::now(),
+    ) {
+        return S3Error::from_link(err).into_response();
+    }
+    let file = match store.path_of(&key) {
+        Ok(path) => tokio::fs::File::open(path).await,
+        Err(_) => return S3Error::no_such_key().into_response(),
+    };
+    match file {
+        Ok(file) => {
+            let name = key.rsplit('/').next().unwrap_or("download");
+            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
+            (
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => S3Error::no_such_key().into_response(),
+        Err(e) => S3Error::internal(e).into_response(),
+    }
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for LocalStore {
     async fn presign_post(
@@ -216,6 +273,24 @@ impl ObjectStore for LocalStore {
         tokio::fs::rename(&temp, &target).await?;
         Ok(())
     }
+
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<SignedDownload, StorageError> {
+        validate_key(key)?;
+        let ttl =
+            chrono::Duration::from_std(expires_in).map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        // Whole seconds in the link; the reported expiry is the one the link really has.
+        let expires = (Utc::now() + ttl).timestamp();
+        let expires_at = DateTime::from_timestamp(expires, 0).unwrap_or_else(Utc::now);
+        let signature = download_url::sign(self.secret.expose_secret(), key, expires);
+        Ok(SignedDownload {
+            url: format!("{}/{key}?expires={expires}&signature={signature}", self.post_url),
+            expires_at,
+        })
+    }
 }
 
 /// An S3-shaped error response, so clients handle both stores the same way.
@@ -237,6 +312,25 @@ impl S3Error {
 
     fn access_denied(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "AccessDenied", message)
+    }
+
+    fn no_such_key() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "The specified key does not exist.",
+        )
+    }
+
+    fn from_link(err: LinkError) -> Self {
+        match err {
+            LinkError::Expired => Self::access_denied("Request has expired"),
+            LinkError::BadSignature => Self::new(
+                StatusCode::FORBIDDEN,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            ),
+        }
     }
 
     fn too_large() -> Self {

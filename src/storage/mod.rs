@@ -1,6 +1,7 @@
 //! Object storage behind one trait: S3 in production, the data dir on the embedded default.
 //! Both hand clients the same S3 POST-policy upload, so a frontend cannot tell them apart.
 
+pub mod download_url;
 pub mod local;
 pub mod policy;
 pub mod s3;
@@ -20,6 +21,13 @@ pub use s3::S3Store;
 pub struct PresignedPost {
     pub url: String,
     pub fields: BTreeMap<String, String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A signed link that lets anyone holding it GET one object until `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedDownload {
+    pub url: String,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -63,6 +71,13 @@ pub trait ObjectStore: Send + Sync {
     /// Copies `from` to `to` inside the store (server side on S3). The pipeline reads a copy
     /// so that a client re-posting to the upload URL cannot change a file being processed.
     async fn copy(&self, from: &str, to: &str) -> Result<(), StorageError>;
+
+    /// A link to GET `key` that works for `expires_in`, without credentials.
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<SignedDownload, StorageError>;
 }
 
 /// The key an upload's CSV is stored under; dated so storage lifecycle rules can expire it.
@@ -73,6 +88,12 @@ pub fn upload_key(public_id: &str, at: DateTime<Utc>) -> String {
 /// The immutable copy of an upload's file that the pipeline reads.
 pub fn snapshot_key(object_key: &str) -> String {
     format!("snapshots/{object_key}")
+}
+
+/// Where an upload's error report is stored: next to nothing a client can write to.
+pub fn error_report_key(object_key: &str) -> String {
+    let stem = object_key.strip_suffix(".csv").unwrap_or(object_key);
+    format!("reports/{stem}-errors.csv")
 }
 
 /// Keys are ours, but the local store maps them onto the file system: refuse anything that
@@ -107,6 +128,11 @@ mod tests {
         let key = upload_key("0193a1b2-0000-7000-8000-000000000000", at);
         assert_eq!(key, "uploads/2026/11/23/0193a1b2-0000-7000-8000-000000000000.csv");
         validate_key(&key).unwrap();
+        assert_eq!(
+            error_report_key(&key),
+            "reports/uploads/2026/11/23/0193a1b2-0000-7000-8000-000000000000-errors.csv"
+        );
+        validate_key(&error_report_key(&key)).unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use super::policy::{self, PolicyRequest, Signer};
-use super::{ObjectReader, ObjectStore, PresignedPost, StorageError};
+use super::{ObjectReader, ObjectStore, PresignedPost, SignedDownload, StorageError};
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -192,6 +192,27 @@ impl ObjectStore for S3Store {
             }
             Err(err) => Err(s3_error(err)),
         }
+    }
+
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<SignedDownload, StorageError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(s3_error)?;
+        let name = key.rsplit('/').next().unwrap_or("download");
+        let expires_at = Utc::now()
+            + chrono::Duration::from_std(expires_in).map_err(|e| StorageError::S3(e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            // Browsers save the report under its own name instead of showing it.
+            .response_content_disposition(format!("attachment; filename=\"{name}\""))
+            .presigned(config)
+            .await
+            .map_err(s3_error)?;
+        Ok(SignedDownload {
+            url: request.uri().to_owned(),
+            expires_at,
+        })
     }
 }
 

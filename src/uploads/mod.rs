@@ -1,16 +1,22 @@
-//! The upload lifecycle as the API drives it: prepare, finalize, read and list.
-//! Checks and state changes live here; the GraphQL layer only translates.
+//! The upload lifecycle as the API drives it: prepare, finalize, read and list, results,
+//! error report and retry. Checks and state changes live here; the GraphQL layer only translates.
 
 mod cancel;
+pub mod failed_rows;
 mod finalize;
 mod prepare;
 mod read;
+mod report;
+pub mod results;
+mod retry;
 mod terminate;
 
 pub use cancel::cancel;
 pub use finalize::{FinalizeInput, finalize};
 pub use prepare::{PrepareInput, Prepared, prepare};
 pub use read::{UploadPage, find_visible, list};
+pub use report::error_report;
+pub use retry::retry_failed_rows;
 pub use terminate::terminate;
 
 use entity::prelude::*;

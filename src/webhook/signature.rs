@@ -11,12 +11,18 @@ pub const TIMESTAMP_HEADER: &str = "x-fleetload-timestamp";
 
 /// The `X-Fleetload-Signature` value for `body` sent at `timestamp`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    format!("sha256={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+    format!(
+        "sha256={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// What a receiver does: recompute and compare in constant time.
 pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], signature: &str) -> bool {
-    let Some(given) = signature.strip_prefix("sha256=").and_then(|h| hex::decode(h).ok()) else {
+    let Some(given) = signature
+        .strip_prefix("sha256=")
+        .and_then(|h| hex::decode(h).ok())
+    else {
         return false;
     };
     mac(secret, timestamp, body).verify_slice(&given).is_ok()

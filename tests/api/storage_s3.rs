@@ -11,15 +11,15 @@ use crate::moto::{self, MotoServer};
 const CSV: &[u8] = b"imei\r\n490154203237518\r\n";
 
 /// An app whose objects live in a fresh bucket of a running S3 endpoint.
-struct S3App {
+pub struct S3App {
     // Fields drop in order: the app stops before its S3 endpoint goes away.
-    app: TestApp,
-    bucket: String,
-    s3: aws_sdk_s3::Client,
-    moto: MotoServer,
+    pub app: TestApp,
+    pub bucket: String,
+    pub s3: aws_sdk_s3::Client,
+    pub moto: MotoServer,
 }
 
-async fn spawn_on_s3(backend: Backend) -> S3App {
+pub async fn spawn_on_s3(backend: Backend) -> S3App {
     let moto = moto::s3_endpoint().await;
     let sdk = moto::sdk_config(&moto.url);
     let bucket = moto::create_bucket(&sdk).await;
