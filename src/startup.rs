@@ -16,7 +16,7 @@ use url::Url;
 use crate::auth::{Verifier, load_or_create_secret};
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::progress::ProgressBus;
+use crate::progress::{Pace, ProgressBus, ProgressHub, ProgressListener};
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
@@ -31,6 +31,8 @@ pub struct Application {
     state: AppState,
     pipeline: Arc<Pipeline>,
     workers: usize,
+    /// Where this process hears other processes' progress (PostgreSQL).
+    _listener: Option<ProgressListener>,
 }
 
 impl Application {
@@ -61,12 +63,20 @@ impl Application {
             .workers
             .unwrap_or(if settings.uses_embedded_database() { 2 } else { 0 });
         let verifier = verifier(&settings)?;
+        // Only a process serving subscriptions listens; `fleetload worker` only notifies.
+        let progress_listener = parts.progress.listen().await.context("listening for progress")?;
+        let hub = Arc::new(ProgressHub::new(
+            parts.db.clone(),
+            &parts.progress,
+            Pace::default(),
+        ));
         let state = AppState {
             db: parts.db,
             storage: parts.storage,
             verifier: Arc::new(verifier),
             settings: Arc::new(settings),
             progress: parts.progress,
+            hub,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -78,6 +88,7 @@ impl Application {
             state,
             pipeline: parts.pipeline,
             workers,
+            _listener: progress_listener,
         })
     }
 
@@ -192,7 +203,7 @@ impl Components {
                 Duration::ZERO,
             ),
         };
-        let progress = Arc::new(ProgressBus::local());
+        let progress = Arc::new(ProgressBus::for_database(&db));
         let pipeline = Arc::new(Pipeline::new(
             db.clone(),
             storage.clone(),

@@ -6,7 +6,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::auth::Verifier;
 use crate::config::Settings;
-use crate::progress::ProgressBus;
+use crate::progress::{ProgressBus, ProgressHub};
 use crate::storage::ObjectStore;
 
 #[derive(Clone)]
@@ -17,4 +17,6 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where this process hears that an upload changed.
     pub progress: Arc<ProgressBus>,
+    /// The one reader per watched upload that subscriptions of this process share.
+    pub hub: Arc<ProgressHub>,
 }

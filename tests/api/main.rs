@@ -15,4 +15,5 @@ mod queue_sqs;
 mod schema;
 mod storage_local;
 mod storage_s3;
+mod subscriptions;
 mod tenancy;
