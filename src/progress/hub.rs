@@ -37,11 +37,14 @@ impl Snapshot {
     }
 }
 
-/// How often a reader may read, and re-reads while nothing is signalled.
+/// How often a reader may read and publish, and re-reads while nothing is signalled.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     /// Least time between two reads of one upload: signals in between are coalesced.
-    pub min_gap: Duration,
+    pub min_read_gap: Duration,
+    /// Least time between two published snapshots, except the final one, which goes out as
+    /// soon as it is read (reading more often than publishing keeps that latency low).
+    pub min_publish_gap: Duration,
     /// Re-read period of a processing upload, so rate and ETA move (and a lost signal is
     /// made up for) without any signal.
     pub tick: Duration,
@@ -50,7 +53,8 @@ pub struct Pace {
 impl Default for Pace {
     fn default() -> Self {
         Self {
-            min_gap: Duration::from_millis(250),
+            min_read_gap: Duration::from_millis(100),
+            min_publish_gap: Duration::from_millis(250),
             tick: Duration::from_secs(1),
         }
     }
@@ -174,20 +178,31 @@ async fn route(mut changes: broadcast::Receiver<Change>, hub: Weak<Inner>) {
 
 /// The one reader of an upload: runs until the upload is final or nobody watches it.
 async fn read_while_watched(hub: Arc<Inner>, upload_id: i64, entry: Arc<Watched>) {
+    let pace = hub.pace;
     let mut last: Option<Arc<Snapshot>> = None;
+    let mut published_at: Option<Instant> = None;
+    // A newer state was read but held back by the publish gap.
+    let mut held = false;
     loop {
         let read_started = Instant::now();
         hub.reads.fetch_add(1, Ordering::Relaxed);
         let healthy = match read(&hub.db, upload_id).await {
             Ok(Some(snapshot)) => {
+                held = false;
                 if worth_publishing(last.as_deref(), &snapshot) {
-                    let snapshot = Arc::new(snapshot);
+                    let due = published_at.is_none_or(|at| at.elapsed() >= pace.min_publish_gap);
                     let done = snapshot.is_final();
-                    entry.slot.send_replace(Some(snapshot.clone()));
-                    last = Some(snapshot);
-                    if done {
-                        hub.retire(upload_id, &entry, false);
-                        return;
+                    if done || due {
+                        let snapshot = Arc::new(snapshot);
+                        entry.slot.send_replace(Some(snapshot.clone()));
+                        last = Some(snapshot);
+                        published_at = Some(Instant::now());
+                        if done {
+                            hub.retire(upload_id, &entry, false);
+                            return;
+                        }
+                    } else {
+                        held = true;
                     }
                 }
                 true
@@ -205,11 +220,12 @@ async fn read_while_watched(hub: Arc<Inner>, upload_id: i64, entry: Arc<Watched>
         let processing = last
             .as_ref()
             .is_some_and(|s| s.upload.status == UploadStatus::Processing);
-        let tick = hub.pace.tick;
+        let publish_due = published_at.map_or(read_started, |at| at + pace.min_publish_gap);
         loop {
             tokio::select! {
                 () = entry.dirty.notified() => break,
-                () = tokio::time::sleep(tick), if processing || !healthy => break,
+                () = tokio::time::sleep(pace.tick), if processing || !healthy => break,
+                () = tokio::time::sleep_until(publish_due), if held => break,
                 () = entry.slot.closed() => {
                     if hub.retire(upload_id, &entry, true) {
                         return;
@@ -217,7 +233,7 @@ async fn read_while_watched(hub: Arc<Inner>, upload_id: i64, entry: Arc<Watched>
                 }
             }
         }
-        tokio::time::sleep_until(read_started + hub.pace.min_gap).await;
+        tokio::time::sleep_until(read_started + pace.min_read_gap).await;
     }
 }
 
