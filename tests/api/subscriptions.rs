@@ -750,3 +750,29 @@ async fn upload_via(base: &str, token: &str, file: Vec<u8>) -> String {
     assert_eq!(finalized["finalizeBatchUpload"], "QUEUED");
     upload_id
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_upgrade_requests_authorization_header_counts_when_connection_init_has_none() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let upload_id = upload_with_failures(&app, 79).await;
+    let token = app.alice();
+    for (header, accepted) in [
+        (format!("Bearer {token}"), true),
+        ("Bearer not.a.token".to_owned(), false),
+    ] {
+        let mut request = ws_url(&app.url, "/graphql").into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+        headers.insert("Authorization", header.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        send(&mut ws, json!({"type": "connection_init"})).await;
+        match next_frame(&mut ws).await {
+            Frame::Json(v) if accepted => assert_eq!(v["type"], "connection_ack", "{v}"),
+            Frame::Close(Some((4403, _))) if !accepted => continue,
+            other => panic!("accepted={accepted}: {other:?}"),
+        }
+        start(&mut ws, Flavour::TransportWs, "h", &token, "demo", &upload_id).await;
+        let (first, _) = first_event(&mut ws, Flavour::TransportWs, "h").await;
+        assert_eq!(first["status"], "QUEUED");
+    }
+}
