@@ -168,6 +168,16 @@ pub struct Settings {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "FLEETLOAD_LOG_JSON", global = true)]
     pub log_json: bool,
+
+    /// How often `/graphql/realtime` (AppSync flavour) sends `ka` on each connection, in
+    /// milliseconds; AppSync clients drop a connection silent for `connectionTimeoutMs` (300000).
+    #[arg(
+        long,
+        env = "FLEETLOAD_REALTIME_KEEPALIVE_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub realtime_keepalive_ms: u64,
 }
 
 impl Settings {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -26,7 +26,8 @@ pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router
     let cors = cors(&app.settings.cors_origins);
     let mut router = Router::new()
         .route("/", get(graphiql))
-        .route("/graphql", get(graphql).post(graphql))
+        .route("/graphql", get(graphql_get).post(graphql))
+        .route("/graphql/realtime", get(realtime))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Http { app, schema });
@@ -53,6 +54,23 @@ async fn graphql(State(http): State<Http>, headers: HeaderMap, request: GraphQLR
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let auth = Auth::from_header(&http.app.verifier, header).await;
     http.schema.execute(request.into_inner().data(auth)).await.into()
+}
+
+/// GraphQL over HTTP GET, or a WebSocket upgrade to one of the subscription protocols.
+async fn graphql_get(State(http): State<Http>, request: axum::extract::Request) -> axum::response::Response {
+    if crate::websocket::is_upgrade(request.headers()) {
+        return crate::websocket::graphql_ws::accept(http.app, http.schema, request).await;
+    }
+    let headers = request.headers().clone();
+    match GraphQLRequest::from_request(request, &()).await {
+        Ok(query) => graphql(State(http), headers, query).await.into_response(),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// AppSync's real-time WebSocket flavour.
+async fn realtime(State(http): State<Http>, request: axum::extract::Request) -> axum::response::Response {
+    crate::websocket::appsync::accept(http.app, http.schema, request).await
 }
 
 async fn graphiql() -> impl IntoResponse {

@@ -22,3 +22,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod uploads;
 pub mod webhook;
+pub mod websocket;

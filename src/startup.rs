@@ -17,7 +17,7 @@ use url::Url;
 use crate::auth::{Verifier, load_or_create_secret};
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::progress::ProgressBus;
+use crate::progress::{Pace, ProgressBus, ProgressHub, ProgressListener};
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
@@ -34,6 +34,8 @@ pub struct Application {
     pipeline: Arc<Pipeline>,
     webhook: Option<Arc<WebhookDeliverer>>,
     workers: usize,
+    /// Where this process hears other processes' progress (PostgreSQL).
+    _listener: Option<ProgressListener>,
 }
 
 impl Application {
@@ -64,6 +66,13 @@ impl Application {
             .workers
             .unwrap_or(if settings.uses_embedded_database() { 2 } else { 0 });
         let verifier = verifier(&settings)?;
+        // Only a process serving subscriptions listens; `fleetload worker` only notifies.
+        let progress_listener = parts.progress.listen().await.context("listening for progress")?;
+        let hub = Arc::new(ProgressHub::new(
+            parts.db.clone(),
+            &parts.progress,
+            Pace::default(),
+        ));
         let state = AppState {
             db: parts.db,
             storage: parts.storage,
@@ -72,6 +81,7 @@ impl Application {
             progress: parts.progress,
             outbox: parts.outbox,
             statements: parts.statements,
+            hub,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -84,6 +94,7 @@ impl Application {
             pipeline: parts.pipeline,
             webhook: parts.webhook,
             workers,
+            _listener: progress_listener,
         })
     }
 
@@ -205,7 +216,7 @@ impl Components {
                 Duration::ZERO,
             ),
         };
-        let progress = Arc::new(ProgressBus::local());
+        let progress = Arc::new(ProgressBus::for_database(&db));
         let webhook = webhook(settings, &db)?;
         let outbox = Outbox::new(webhook.is_some());
         let pipeline = Arc::new(

@@ -6,7 +6,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::auth::Verifier;
 use crate::config::Settings;
-use crate::progress::ProgressBus;
+use crate::progress::{ProgressBus, ProgressHub};
 use crate::storage::ObjectStore;
 use crate::webhook::Outbox;
 
@@ -22,4 +22,6 @@ pub struct AppState {
     pub outbox: Outbox,
     /// Statements run on `db` so far.
     pub statements: crate::db::StatementCounter,
+    /// The one reader per watched upload that subscriptions of this process share.
+    pub hub: Arc<ProgressHub>,
 }

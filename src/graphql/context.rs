@@ -1,6 +1,7 @@
 //! Who made a GraphQL request, as verified at the edge and read by resolvers.
 
 use async_graphql::Context;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{Identity, Verifier};
 use crate::error::ApiError;
@@ -28,6 +29,27 @@ impl Auth {
                 Self::Invalid
             }
         }
+    }
+}
+
+/// The raw token a WebSocket connection (or an AppSync `start`) presented, kept beside its
+/// verified [`Auth`] so that a subscription verifies it again when it starts: a connection
+/// outlives its token, and an expired token must never get an event.
+#[derive(Clone)]
+pub struct PresentedToken(pub SecretString);
+
+/// The caller of a subscription as of now: the presented token verified again when there is
+/// one, else the request's identity.
+pub async fn current_identity(ctx: &Context<'_>) -> Result<Identity, ApiError> {
+    match ctx.data_opt::<PresentedToken>() {
+        Some(PresentedToken(token)) => {
+            let verifier = &ctx.app()?.verifier;
+            verifier.verify(token.expose_secret()).await.map_err(|err| {
+                tracing::info!(reason = %err, "token refused at subscription start");
+                ApiError::Unauthenticated
+            })
+        }
+        None => ctx.identity().cloned(),
     }
 }
 

@@ -5,14 +5,15 @@ mod context;
 mod error_codes;
 mod results_mutation;
 mod scalars;
+mod subscription;
 mod types;
 mod upload_mutation;
 mod upload_query;
 mod upload_results;
 
-use async_graphql::{EmptySubscription, MergedObject, Schema, SchemaBuilder};
+use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
-pub use context::{Auth, RequestAuth};
+pub use context::{Auth, PresentedToken, RequestAuth};
 pub use scalars::{AwsDateTime, AwsJson};
 pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 
@@ -26,11 +27,15 @@ pub struct Mutation(
     admin::AdminMutation,
 );
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(subscription::ProgressSubscription);
+
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// The schema without runtime data: enough for its SDL.
-pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription).extension(error_codes::ErrorCodes)
+pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query::default(), Mutation::default(), Subscription::default())
+        .extension(error_codes::ErrorCodes)
 }
 
 /// The schema of a running server.

@@ -201,6 +201,21 @@ impl TestApp {
         self.token_with("alice", "demo", &[Permission::Read, Permission::Update])
     }
 
+    /// alice's token, expired longer ago than the verifier's leeway.
+    pub fn expired_alice(&self) -> String {
+        let permissions = [Permission::Read, Permission::Update];
+        mint_token(
+            &self.secret,
+            "alice",
+            "demo",
+            &permissions,
+            "fleetload",
+            None,
+            -300,
+        )
+        .unwrap()
+    }
+
     /// bob: tenant `acme`, READ+UPDATE (SPEC §7).
     pub fn bob(&self) -> String {
         self.token_with("bob", "acme", &[Permission::Read, Permission::Update])

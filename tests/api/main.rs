@@ -20,5 +20,6 @@ mod retry;
 mod schema;
 mod storage_local;
 mod storage_s3;
+mod subscriptions;
 mod tenancy;
 mod webhook;
