@@ -90,6 +90,8 @@ pub async fn finalize(
         .await?;
         txn.commit().await?;
         tracing::info!("upload queued");
+        // Subscribers of a PREPARED upload see it move without waiting for the dispatcher.
+        state.progress.changed(upload.id).await;
         return Ok(UploadStatus::Queued);
     }
     txn.rollback().await?;
