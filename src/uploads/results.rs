@@ -57,15 +57,36 @@ pub async fn page(
             has_next: false,
         });
     };
+    let after = after.unwrap_or(0);
+    let mut values: Vec<Value> = vec![upload_id.into(), after.into()];
+    if let Some(code) = &filter.error_code {
+        values.push(code.clone().into());
+    }
+    // Unfiltered, a page is the next `first` row numbers (every processed row has a result),
+    // so bound it: PostgreSQL's estimate for an upload newer than its statistics is a few
+    // rows, and an open range then plans as a bitmap scan and sort of the whole upload.
+    // Holes (chunks still running) or the last page fall back to the open range.
+    if condition.is_empty() {
+        let bound = i64::from(after) + first as i64 + 1;
+        let page = fetch(db, &format!(" AND row_number <= {bound}"), values.clone(), first).await?;
+        if page.has_next {
+            return Ok(page);
+        }
+    }
+    fetch(db, condition, values, first).await
+}
+
+async fn fetch(
+    db: &impl ConnectionTrait,
+    condition: &str,
+    values: Vec<Value>,
+    first: u64,
+) -> Result<ResultPage, ApiError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM batch_results WHERE upload_id = $1 AND row_number > $2{condition} \
          ORDER BY row_number LIMIT {}",
         first + 1
     );
-    let mut values: Vec<Value> = vec![upload_id.into(), after.unwrap_or(0).into()];
-    if let Some(code) = &filter.error_code {
-        values.push(code.clone().into());
-    }
     let mut items = BatchResult::find()
         .from_raw_sql(stmt(db.get_database_backend(), &sql, values))
         .all(db)
