@@ -4,6 +4,9 @@
 //! `cargo bench --bench api_latency` (PostgreSQL from `FLEETLOAD_BENCH_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; skipped when unreachable).
 
+mod common;
+use common::{drop_pg_database, fresh_pg_database, upload};
+
 use std::time::{Duration, Instant};
 
 use fleetload::auth::{Permission, mint_token};
@@ -113,22 +116,6 @@ async fn run(label: &str, mut settings: Settings) {
     );
 }
 
-async fn upload(http: &reqwest::Client, file_upload: &Value, bytes: Vec<u8>) {
-    let fields: Value = serde_json::from_str(file_upload["fields"].as_str().unwrap()).unwrap();
-    let mut form = reqwest::multipart::Form::new();
-    for (k, v) in fields.as_object().unwrap() {
-        form = form.text(k.clone(), v.as_str().unwrap().to_owned());
-    }
-    form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("d.csv"));
-    let resp = http
-        .post(file_upload["url"].as_str().unwrap())
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-}
-
 fn big_csv(rows: usize) -> Vec<u8> {
     let mut out = String::from("imei\n");
     for i in 0..rows {
@@ -155,25 +142,4 @@ fn report(name: &str, samples: &mut [Duration]) {
         pct(0.99),
         ms(*samples.last().unwrap())
     );
-}
-
-async fn fresh_pg_database(admin: &str) -> Option<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
-    let name = format!("flbench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .ok()?;
-    Some(format!("{}/{name}", admin.rsplit_once('/')?.0))
-}
-
-async fn drop_pg_database(admin: &str, url: &str) {
-    use sqlx::Connection;
-    let name = url.rsplit('/').next().unwrap();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
 }

@@ -5,6 +5,9 @@
 //! `cargo bench --bench pipeline_throughput` (sizes from `FLEETLOAD_BENCH_ROWS`, default
 //! `10000,100000`; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`, skipped when unreachable).
 
+mod common;
+use common::{drop_pg_database, fresh_pg_database, peak_rss_mib, upload};
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -193,22 +196,6 @@ async fn run(label: &str, mut settings: Settings, rows: usize) {
     println!("{:>27}{}", "", phase_summary());
 }
 
-async fn upload(http: &reqwest::Client, file_upload: &Value, bytes: Vec<u8>) {
-    let fields: Value = serde_json::from_str(file_upload["fields"].as_str().unwrap()).unwrap();
-    let mut form = reqwest::multipart::Form::new();
-    for (k, v) in fields.as_object().unwrap() {
-        form = form.text(k.clone(), v.as_str().unwrap().to_owned());
-    }
-    form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("d.csv"));
-    let resp = http
-        .post(file_upload["url"].as_str().unwrap())
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-}
-
 fn csv(rows: usize) -> Vec<u8> {
     let mut out = String::with_capacity(rows * 16 + 8);
     out.push_str("imei\n");
@@ -220,34 +207,4 @@ fn csv(rows: usize) -> Vec<u8> {
         out.push('\n');
     }
     out.into_bytes()
-}
-
-/// The process's peak resident memory so far (Linux `VmHWM`).
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-async fn fresh_pg_database(admin: &str) -> Option<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
-    let name = format!("flbench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .ok()?;
-    Some(format!("{}/{name}", admin.rsplit_once('/')?.0))
-}
-
-async fn drop_pg_database(admin: &str, url: &str) {
-    use sqlx::Connection;
-    let name = url.rsplit('/').next().unwrap();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
 }

@@ -8,6 +8,9 @@
 //! `cargo bench --bench progress_latency` (`FLEETLOAD_BENCH_UPLOADS`, default 10, of
 //! `FLEETLOAD_BENCH_ROWS` rows, default 20000; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`).
 
+mod common;
+use common::{drop_pg_database, fresh_pg_database};
+
 use std::time::{Duration, Instant};
 
 use entity::prelude::Upload;
@@ -216,25 +219,4 @@ fn csv(rows: usize, n: usize) -> Vec<u8> {
         out.push('\n');
     }
     out.into_bytes()
-}
-
-async fn fresh_pg_database(admin: &str) -> Option<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
-    let name = format!("flbench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .ok()?;
-    Some(format!("{}/{name}", admin.rsplit_once('/')?.0))
-}
-
-async fn drop_pg_database(admin: &str, url: &str) {
-    use sqlx::Connection;
-    let name = url.rsplit('/').next().unwrap();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
 }

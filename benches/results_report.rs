@@ -6,6 +6,9 @@
 //! `cargo bench --bench results_report` (PostgreSQL from `FLEETLOAD_BENCH_PG_URL`, skipped when
 //! unreachable). The result rows and the file are written directly, as the pipeline would have.
 
+mod common;
+use common::{drop_pg_database, fresh_pg_database, peak_rss_mib};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -235,34 +238,4 @@ async fn seed(state: &fleetload::state::AppState, public_id: &str) -> i64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// The process's peak resident memory so far (Linux `VmHWM`).
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-async fn fresh_pg_database(admin: &str) -> Option<String> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin).await.ok()?;
-    let name = format!("flbench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .ok()?;
-    Some(format!("{}/{name}", admin.rsplit_once('/')?.0))
-}
-
-async fn drop_pg_database(admin: &str, url: &str) {
-    use sqlx::Connection;
-    let name = url.rsplit('/').next().unwrap();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
 }
