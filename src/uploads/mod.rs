@@ -26,6 +26,19 @@ use sea_orm::{ConnectionTrait, EntityTrait};
 use crate::access::TenantScope;
 use crate::error::ApiError;
 
+/// The POST policy a client uploads `object_key` with: the configured size limit and lifetime.
+async fn sign_upload(
+    state: &crate::state::AppState,
+    object_key: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::storage::PresignedPost, ApiError> {
+    let expires_at = now + chrono::Duration::seconds(state.settings.upload_url_ttl_secs as i64);
+    Ok(state
+        .storage
+        .presign_post(object_key, state.settings.max_upload_bytes, expires_at)
+        .await?)
+}
+
 /// An action usable in `scope` (its own or inherited from an ancestor).
 async fn action_in_scope(
     db: &impl ConnectionTrait,

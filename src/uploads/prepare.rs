@@ -1,10 +1,10 @@
 //! `prepareBatchUpload`: every upload-level check, then a PREPARED upload and a signed POST.
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use entity::upload::{self, UploadStatus};
 use sea_orm::{ActiveModelTrait, Set};
 
-use super::{action_in_scope, check_action_workflow, workflow_in_scope};
+use super::{action_in_scope, check_action_workflow, sign_upload, workflow_in_scope};
 use crate::access::{self, TenantScope};
 use crate::auth::{Identity, Permission};
 use crate::domain::DeviceType;
@@ -54,12 +54,8 @@ pub async fn prepare(
     let now = Utc::now();
     let public_id = uuid::Uuid::now_v7().to_string();
     let object_key = upload_key(&public_id, now);
-    let expires_at = now + Duration::seconds(state.settings.upload_url_ttl_secs as i64);
     // Sign first: an upload row without a way to upload its file would be useless.
-    let post = state
-        .storage
-        .presign_post(&object_key, state.settings.max_upload_bytes, expires_at)
-        .await?;
+    let post = sign_upload(state, &object_key, now).await?;
 
     let upload = upload::ActiveModel {
         public_id: Set(public_id),

@@ -1,12 +1,12 @@
 //! `retryFailedRows`: a new PREPARED upload of a finished upload's failed rows, its file
 //! already written (the original header and lines), so the client only finalizes it.
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use entity::upload::{self, UploadStatus};
 use sea_orm::{ActiveModelTrait, Set};
 
 use super::failed_rows::{Layout, store};
-use super::{Prepared, find_visible};
+use super::{Prepared, find_visible, sign_upload};
 use crate::access;
 use crate::auth::{Identity, Permission};
 use crate::error::ApiError;
@@ -41,12 +41,8 @@ pub async fn retry_failed_rows(
     if rows == 0 {
         return Err(ApiError::NothingToRetry);
     }
-    let expires_at = now + Duration::seconds(state.settings.upload_url_ttl_secs as i64);
     // As prepare does: the client may still replace the file before finalizing.
-    let post = state
-        .storage
-        .presign_post(&object_key, state.settings.max_upload_bytes, expires_at)
-        .await?;
+    let post = sign_upload(state, &object_key, now).await?;
 
     let upload = upload::ActiveModel {
         public_id: Set(public_id),
