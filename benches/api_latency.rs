@@ -5,13 +5,11 @@
 //! `postgres://postgres@127.0.0.1:5432/test`; skipped when unreachable).
 
 mod common;
-use common::{drop_pg_database, fresh_pg_database, upload};
+use common::{Started, drop_pg_database, fresh_pg_database, start, upload};
 
 use std::time::{Duration, Instant};
 
-use fleetload::auth::{Permission, mint_token};
 use fleetload::config::Settings;
-use fleetload::startup::{Application, jwt_secret};
 use serde_json::{Value, json};
 
 const PREPARES: usize = 300;
@@ -38,22 +36,9 @@ async fn main() {
     }
 }
 
-async fn run(label: &str, mut settings: Settings) {
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    let secret = jwt_secret(&settings).unwrap();
-    let token = mint_token(
-        &secret,
-        "alice",
-        "demo",
-        &[Permission::Read, Permission::Update],
-        "fleetload",
-        None,
-        3600,
-    )
-    .unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let url = format!("{}graphql", app.public_url());
-    tokio::spawn(app.run_until(std::future::pending()));
+async fn run(label: &str, settings: Settings) {
+    let Started { base, token, .. } = start(settings).await;
+    let url = format!("{base}/graphql");
     let http = reqwest::Client::new();
     let gql = |query: &'static str, vars: Value| {
         let req = http

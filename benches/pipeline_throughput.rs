@@ -6,7 +6,7 @@
 //! `10000,100000`; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`, skipped when unreachable).
 
 mod common;
-use common::{drop_pg_database, fresh_pg_database, peak_rss_mib, upload};
+use common::{Started, drop_pg_database, fresh_pg_database, peak_rss_mib, start, upload};
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use entity::prelude::Upload;
 use entity::upload::{self, UploadStatus};
-use fleetload::auth::{Permission, mint_token};
 use fleetload::config::Settings;
-use fleetload::startup::{Application, jwt_secret};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
@@ -114,23 +112,10 @@ async fn main() {
     }
 }
 
-async fn run(label: &str, mut settings: Settings, rows: usize) {
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    let secret = jwt_secret(&settings).unwrap();
-    let token = mint_token(
-        &secret,
-        "alice",
-        "demo",
-        &[Permission::Read, Permission::Update],
-        "fleetload",
-        None,
-        3600,
-    )
-    .unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let url = format!("{}graphql", app.public_url());
-    let db = app.state().db.clone();
-    tokio::spawn(app.run_until(std::future::pending()));
+async fn run(label: &str, settings: Settings, rows: usize) {
+    let Started { base, token, state } = start(settings).await;
+    let url = format!("{base}/graphql");
+    let db = state.db.clone();
     let http = reqwest::Client::new();
     let gql = |query: &str, vars: Value| {
         let req = http

@@ -9,15 +9,13 @@
 //! `FLEETLOAD_BENCH_ROWS` rows, default 20000; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`).
 
 mod common;
-use common::{drop_pg_database, fresh_pg_database};
+use common::{Started, drop_pg_database, fresh_pg_database, start};
 
 use std::time::{Duration, Instant};
 
 use entity::prelude::Upload;
 use entity::upload;
-use fleetload::auth::{Permission, mint_token};
 use fleetload::config::Settings;
-use fleetload::startup::{Application, jwt_secret};
 use futures::{SinkExt, StreamExt};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
@@ -60,15 +58,9 @@ async fn main() {
     drop_pg_database(&admin, &url).await;
 }
 
-async fn run(label: &str, mut settings: Settings, uploads: usize, rows: usize) {
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    let secret = jwt_secret(&settings).unwrap();
-    let permissions = [Permission::Read, Permission::Update];
-    let token = mint_token(&secret, "alice", "demo", &permissions, "fleetload", None, 3600).unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let base = app.public_url().as_str().trim_end_matches('/').to_owned();
-    let db = app.state().db.clone();
-    tokio::spawn(app.run_until(std::future::pending()));
+async fn run(label: &str, settings: Settings, uploads: usize, rows: usize) {
+    let Started { base, token, state } = start(settings).await;
+    let db = state.db;
     let http = reqwest::Client::new();
 
     let mut latencies = Vec::with_capacity(uploads);

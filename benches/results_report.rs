@@ -7,7 +7,7 @@
 //! unreachable). The result rows and the file are written directly, as the pipeline would have.
 
 mod common;
-use common::{drop_pg_database, fresh_pg_database, peak_rss_mib};
+use common::{Started, drop_pg_database, fresh_pg_database, peak_rss_mib, start};
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use entity::prelude::Upload;
 use entity::upload::{self, UploadStatus};
-use fleetload::auth::{Permission, mint_token};
 use fleetload::config::Settings;
 use fleetload::db::stmt;
-use fleetload::startup::{Application, jwt_secret};
 use fleetload::storage::snapshot_key;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter};
@@ -57,23 +55,9 @@ async fn main() {
     drop_pg_database(&admin, &url).await;
 }
 
-async fn run(label: &str, mut settings: Settings) {
-    settings.listen = "127.0.0.1:0".parse().unwrap();
-    let secret = jwt_secret(&settings).unwrap();
-    let token = mint_token(
-        &secret,
-        "alice",
-        "demo",
-        &[Permission::Read, Permission::Update],
-        "fleetload",
-        None,
-        3600,
-    )
-    .unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let url = format!("{}graphql", app.public_url());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until(std::future::pending()));
+async fn run(label: &str, settings: Settings) {
+    let Started { base, token, state } = start(settings).await;
+    let url = format!("{base}/graphql");
     let http = reqwest::Client::new();
     let gql = |query: &'static str, vars: Value| {
         let req = http

@@ -48,3 +48,24 @@ pub async fn upload(http: &reqwest::Client, file_upload: &Value, bytes: Vec<u8>)
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
 }
+
+/// A server started on port 0 with `settings`, and a token for alice (demo, READ+UPDATE).
+pub struct Started {
+    /// `http://127.0.0.1:<port>`, without a trailing slash.
+    pub base: String,
+    pub token: String,
+    pub state: fleetload::state::AppState,
+}
+
+pub async fn start(mut settings: fleetload::config::Settings) -> Started {
+    use fleetload::auth::{Permission, mint_token};
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    let secret = fleetload::startup::jwt_secret(&settings).unwrap();
+    let permissions = [Permission::Read, Permission::Update];
+    let token = mint_token(&secret, "alice", "demo", &permissions, "fleetload", None, 3600).unwrap();
+    let app = fleetload::startup::Application::build(settings).await.unwrap();
+    let base = app.public_url().as_str().trim_end_matches('/').to_owned();
+    let state = app.state().clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    Started { base, token, state }
+}
