@@ -528,3 +528,36 @@ async fn a_client_that_does_not_read_is_disconnected_not_buffered_for() {
     assert!(connect(&app, Flavour::AppSync, Some(&token)).await.is_ok());
     assert!(connect(&app, Flavour::TransportWs, Some(&token)).await.is_ok());
 }
+
+/// The npm clients (graphql-ws 6, subscriptions-transport-ws) see the answers above as their
+/// users would: 4403, 4409, `error` messages, the cap. Needs node and the packages:
+/// `npm install graphql-ws@6 ws graphql@16 subscriptions-transport-ws` in some directory, then
+/// `FLEETLOAD_TEST_NODE_MODULES=<dir>/node_modules cargo test --test api -- --ignored npm_clients`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs node and FLEETLOAD_TEST_NODE_MODULES"]
+async fn npm_clients_see_each_protocol_answer() {
+    let modules = std::env::var("FLEETLOAD_TEST_NODE_MODULES")
+        .expect("FLEETLOAD_TEST_NODE_MODULES: a node_modules dir");
+    let app = spawn_app_with(Backend::Sqlite, |s| s.ws_max_subscriptions = 3).await;
+    // Queued and never drained: its stream stays open.
+    let upload_id = upload_with_failures(&app, 97).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/npm_ws_clients.cjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .args([
+            ws_url(&app.url, "/graphql"),
+            app.alice(),
+            upload_id,
+            "3".to_owned(),
+        ])
+        .env("NODE_PATH", modules)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .unwrap()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("every check passed"), "{stdout}");
+}
