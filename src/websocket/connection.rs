@@ -99,6 +99,9 @@ async fn write(
             biased;
             _ = overflow.cancelled() => break,
             sent = sink.send(message) => if sent.is_err() {
+                // After the client's close frame tungstenite refuses any other message; the
+                // answer it queued to that close frame still has to be flushed.
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
                 return;
             },
         }

@@ -428,6 +428,29 @@ async fn a_clients_close_frame_is_answered_on_every_endpoint() {
         let frames = frames_until_closed(&mut ws).await;
         assert_eq!(close_of(&frames).0, 1000, "{flavour:?}: {frames:?}");
     }
+    // Also when the close frame comes right behind messages whose answers are still queued.
+    for (flavour, message) in [
+        (Flavour::TransportWs, json!({"type": "ping"})),
+        (Flavour::AppSync, json!({"type": "bogus"})),
+    ] {
+        let mut ws = connect(&app, flavour, Some(&token)).await.unwrap();
+        for _ in 0..500 {
+            ws.feed(Message::Text(message.to_string().into())).await.unwrap();
+        }
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+        let frames = frames_until_closed(&mut ws).await;
+        assert_eq!(
+            close_of(&frames).0,
+            1000,
+            "{flavour:?}: {} frames before",
+            frames.len() - 1
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
