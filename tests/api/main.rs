@@ -23,3 +23,4 @@ mod storage_s3;
 mod subscriptions;
 mod tenancy;
 mod webhook;
+mod websocket_limits;
