@@ -364,14 +364,23 @@ async fn fairness_body(backend: Backend) {
             csv("imei", &imeis(37, BIG)),
         )
         .await;
+    let big_id = internal_id(&app, &big).await;
+    // Every chunk of the large upload is queued (its dispatch job is done) and processing
+    // has begun: first come, first served would now run all of them before the small one.
     let started = Instant::now();
     loop {
         let upload = app.upload_state(&app.alice(), "demo", &big).await;
-        if upload["processedRows"].as_i64().unwrap_or(0) > 0 {
+        let dispatching = Job::find()
+            .filter(job::Column::UploadId.eq(big_id))
+            .filter(job::Column::Queue.eq(fleetload::queue::DISPATCH_QUEUE))
+            .count(&app.state.db)
+            .await
+            .unwrap();
+        if dispatching == 0 && upload["processedRows"].as_i64().unwrap_or(0) > 0 {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(120), "{upload}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let queued = Instant::now();
