@@ -27,6 +27,23 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Jobs queued before this migration: their upload and first row from the payload,
+        // read without parsing it as JSON (a corrupt payload must not stop the migration).
+        let backfill = match manager.get_database_backend() {
+            sea_orm_migration::sea_orm::DatabaseBackend::Postgres => {
+                "UPDATE jobs SET \
+                   upload_id = CAST(substring(payload from '\"upload_id\":([0-9]{1,18})') AS BIGINT), \
+                   seq = COALESCE(CAST(substring(payload from '\"n\":([0-9]{1,9})') AS INTEGER), 0) \
+                 WHERE upload_id IS NULL"
+            }
+            _ => {
+                "UPDATE jobs SET \
+                   upload_id = CASE WHEN json_valid(payload) THEN json_extract(payload, '$.upload_id') END, \
+                   seq = COALESCE(CASE WHEN json_valid(payload) THEN json_extract(payload, '$.rows[0].n') END, 0) \
+                 WHERE upload_id IS NULL"
+            }
+        };
+        manager.get_connection().execute_unprepared(backfill).await?;
         // Claim: the due jobs of a queue in fairness order.
         manager
             .create_index(

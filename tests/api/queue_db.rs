@@ -459,4 +459,44 @@ on_both_backends! {
 
         assert_eq!(q.receive(10, LEASE, Duration::ZERO).await.unwrap().len(), 2);
     }
+
+    async fn jobs_queued_before_the_settlement_migration_get_their_upload_and_rank(app: TestApp) {
+        use migration::MigratorTrait;
+        let q = queue(&app, 5);
+        q.send(&[chunk(23, 4), JobPayload::DispatchUpload { upload_id: 24 }]).await.unwrap();
+        let now = Utc::now();
+        Job::insert(job::ActiveModel {
+            queue: Set(q.queue_name().to_owned()),
+            payload: Set("not json".into()),
+            dedupe_key: Set(Some("corrupt:2".into())),
+            state: Set(JobState::Available),
+            attempts: Set(0),
+            max_attempts: Set(5),
+            run_at: Set(now),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+
+        migration::Migrator::down(&app.state.db, Some(1)).await.unwrap();
+        migration::Migrator::up(&app.state.db, None).await.unwrap();
+
+        let mut rows: Vec<_> = jobs_of(&app, &q)
+            .await
+            .into_iter()
+            .map(|r| (r.dedupe_key.unwrap(), r.upload_id, r.seq))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![
+                ("chunk:23:4".to_owned(), Some(23), 41),
+                ("corrupt:2".to_owned(), None, 0),
+                ("dispatch:24".to_owned(), Some(24), 0),
+            ]
+        );
+    }
 }
