@@ -51,10 +51,10 @@ impl WorkerProcess {
         self.0.id()
     }
 
-    /// SIGTERM, as an orchestrator stops a process.
-    fn terminate(&self) {
+    /// Sends `signal` (`TERM`: as an orchestrator stops a process; `INT`: ctrl-c).
+    fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([format!("-{signal}"), self.pid().to_string()])
             .status()
             .expect("kill runs");
         assert!(sent.success());
@@ -701,12 +701,21 @@ async fn a_restarted_embedded_server_takes_back_its_dead_jobs_at_once() {
 /// nothing is left leased, and the upload completes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_chunk_lets_the_chunk_commit_and_exits_0() {
+    stop_mid_chunk("TERM", 45).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigint_mid_chunk_lets_the_chunk_commit_and_exits_0() {
+    stop_mid_chunk("INT", 46).await
+}
+
+async fn stop_mid_chunk(signal: &str, seed: u64) {
     let app = spawn_app_with(Backend::Postgres, |s| s.chunk_size = 1000).await;
     let id = app
         .upload_csv(
             &app.alice(),
             json!({"rowCount": 4000}),
-            csv("imei", &imeis(45, 4000)),
+            csv("imei", &imeis(seed, 4000)),
         )
         .await;
     let upload_id = internal_id(&app, &id).await;
@@ -716,7 +725,7 @@ async fn sigterm_mid_chunk_lets_the_chunk_commit_and_exits_0() {
     let mut worker = WorkerProcess::spawn(&env);
     let chunk = job_held_by(&app, fleetload::queue::CHUNK_QUEUE, worker.pid()).await;
 
-    worker.terminate();
+    worker.signal(signal);
     tokio::time::sleep(Duration::from_millis(500)).await;
     blocker.rollback().await.unwrap();
     let status = worker.wait_exit(Duration::from_secs(30)).await;
