@@ -422,3 +422,70 @@ async fn a_small_upload_behind_a_large_one_finishes_first_sqlite() {
 async fn a_small_upload_behind_a_large_one_finishes_first_postgres() {
     fairness_body(Backend::Postgres).await
 }
+
+/// Chunks on SQS, whose messages the sweeper cannot see: once the chunk queue is empty and
+/// the upload has gone unchanged, a PROCESSING upload is dispatched again and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_chunks_on_sqs_a_stranded_upload_is_resumed_once_the_queue_is_empty() {
+    let moto = crate::moto::s3_endpoint().await;
+    let sdk = crate::moto::sdk_config(&moto.url);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("fltest-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let endpoint = url::Url::parse(&moto.url).unwrap();
+    let q = queue_url.clone();
+    let app = spawn_app_full(
+        Backend::Sqlite,
+        move |s| {
+            sweeping_at_once(s);
+            s.sqs_queue_url = Some(q);
+            s.sqs_endpoint_url = Some(endpoint);
+        },
+        Some(sdk),
+    )
+    .await;
+    let id = app
+        .upload_csv(
+            &app.alice(),
+            json!({"rowCount": 300}),
+            csv("imei", &imeis(39, 300)),
+        )
+        .await;
+    // Dispatched: three chunk messages on SQS. While they wait, the upload is left alone.
+    assert_eq!(
+        app.pipeline.try_execute_next().await.unwrap(),
+        fleetload::pipeline::Step::Done
+    );
+    assert_eq!(
+        app.pipeline.sweep().await.unwrap(),
+        0,
+        "its chunks are waiting on SQS"
+    );
+    // The messages are lost (purged, or deleted by a buggy consumer).
+    sqs.purge_queue().queue_url(&queue_url).send().await.unwrap();
+    assert_eq!(
+        app.upload_state(&app.alice(), "demo", &id).await["status"],
+        "PROCESSING"
+    );
+
+    assert_eq!(app.pipeline.sweep().await.unwrap(), 1);
+
+    let started = Instant::now();
+    loop {
+        app.drain().await;
+        let upload = app.upload_state(&app.alice(), "demo", &id).await;
+        if upload["status"] != "PROCESSING" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{upload}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_exact(&app, &id, 300, 0).await;
+}
