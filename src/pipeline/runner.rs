@@ -111,16 +111,17 @@ impl Settlement {
     }
 }
 
-/// A worker id: 1 to 64 characters of `[A-Za-z0-9._-]` (a host or pod name).
+/// A worker id: 1 to 64 characters of `[A-Za-z0-9.-]` (a host or pod name). No `_` or `%`:
+/// the id is matched as a `LIKE` prefix.
 pub fn valid_worker_id(id: &str) -> anyhow::Result<&str> {
     let ok = !id.is_empty()
         && id.len() <= MAX_WORKER_ID
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
     anyhow::ensure!(
         ok,
-        "--worker-id must be 1 to {MAX_WORKER_ID} characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+        "--worker-id must be 1 to {MAX_WORKER_ID} characters of A-Z, a-z, 0-9, '.' or '-'"
     );
     Ok(id)
 }
@@ -574,6 +575,17 @@ fn last_row(c: &crate::queue::ChunkJob) -> i32 {
 mod tests {
     use super::backoff;
     use std::time::Duration;
+
+    #[test]
+    fn worker_ids_are_short_names_without_like_wildcards() {
+        for good in ["worker-0", "fleetload-worker-7f9c.eu-west-1", "A"] {
+            assert!(super::valid_worker_id(good).is_ok(), "{good}");
+        }
+        let long = "w".repeat(65);
+        for bad in ["", "a_b", "a%b", "a/b", "a b", "ä", long.as_str()] {
+            assert!(super::valid_worker_id(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -404,7 +404,6 @@ impl DbQueue {
     /// job is dead exactly when its upload is failed.
     pub async fn rescue_in(&self, conn: &impl ConnectionTrait) -> Result<Vec<JobPayload>, QueueError> {
         let now = Utc::now();
-
         // One UPDATE … RETURNING: two rescuers never both return a job, since only one of
         // them moves it out of `running`.
         let mut rescue = Query::update();
