@@ -643,17 +643,29 @@ async fn a_worker_restarted_under_its_id_takes_back_its_jobs_at_once() {
 /// started again takes the chunk back at once instead of waiting out its lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_embedded_server_takes_back_its_dead_jobs_at_once() {
+    restart_embedded(fleetload::queue::CHUNK_QUEUE, 44).await
+}
+
+/// The same, killed mid-dispatch (the dispatcher waits to mark the upload PROCESSING).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_embedded_server_takes_back_its_dead_dispatch_at_once() {
+    restart_embedded(fleetload::queue::DISPATCH_QUEUE, 47).await
+}
+
+async fn restart_embedded(queue: &str, seed: u64) {
     const LEASE: u64 = 60;
     let app = spawn_app_with(Backend::Sqlite, |s| s.chunk_size = 1000).await;
     let id = app
         .upload_csv(
             &app.alice(),
             json!({"rowCount": 20_000}),
-            csv("imei", &imeis(44, 20_000)),
+            csv("imei", &imeis(seed, 20_000)),
         )
         .await;
     let upload_id = internal_id(&app, &id).await;
-    app.pipeline.try_execute_next().await.unwrap();
+    if queue == fleetload::queue::CHUNK_QUEUE {
+        app.pipeline.try_execute_next().await.unwrap();
+    }
     let env = [
         ("FLEETLOAD_DATA_DIR", app.data_dir.path().display().to_string()),
         ("FLEETLOAD_WORKERS", "1".to_owned()),
@@ -661,10 +673,10 @@ async fn a_restarted_embedded_server_takes_back_its_dead_jobs_at_once() {
     ];
     let mut doomed = WorkerProcess::spawn_command("serve", &env);
     // SQLite has no row locks: the test takes the database's write lock while the server
-    // holds a chunk (it then waits to commit or to ack it), trying again if it caught the
-    // server between two chunks.
+    // holds a job (it then waits for its next write), trying again if it caught the server
+    // between two jobs.
     let (blocker, held) = loop {
-        job_held_by(&app, fleetload::queue::CHUNK_QUEUE, doomed.pid()).await;
+        job_held_by(&app, queue, doomed.pid()).await;
         let blocker = hold_upload(&app, upload_id).await;
         let held: Vec<i64> = entity::prelude::Job::find()
             .filter(entity::job::Column::State.eq(JobState::Running))
@@ -690,7 +702,7 @@ async fn a_restarted_embedded_server_takes_back_its_dead_jobs_at_once() {
     wait_until_finished(&app, &id, Duration::from_secs(LEASE / 2)).await;
 
     println!(
-        "restarted embedded server finished the upload {:.1} s after the kill (lease {LEASE} s)",
+        "restarted embedded server killed holding a {queue} job finished the upload {:.1} s after the kill (lease {LEASE} s)",
         killed.elapsed().as_secs_f64()
     );
     assert_exact(&app, &id, 20_000).await;
