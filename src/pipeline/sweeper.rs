@@ -103,12 +103,20 @@ impl Sweeper<'_> {
         };
         let backend = self.db.get_database_backend();
         // One statement, so the upload and its jobs are read in one snapshot.
-        const SQL: &str = "SELECT u.id, u.status, u.updated_at, \
+        // Uploads something works on are left out here already, so that the page of
+        // candidates holds only ones that may need the sweeper; `$5` also leaves out
+        // PROCESSING uploads while chunks may still wait unseen on SQS.
+        const SQL: &str = "SELECT u.id, u.status, \
                (SELECT COUNT(*) FROM jobs j WHERE j.upload_id = u.id AND j.state IN ('available', 'running')) AS live_jobs, \
                (SELECT COUNT(*) FROM jobs j WHERE j.upload_id = u.id AND j.state = 'dead' AND j.queue IN ($2, $3)) AS dead_jobs \
              FROM uploads u \
-             WHERE u.status IN ('QUEUED', 'PROCESSING') AND u.updated_at <= $1 \
+             WHERE u.status IN ('QUEUED', $5) AND u.updated_at <= $1 \
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state IN ('available', 'running')) \
              ORDER BY u.updated_at LIMIT $4";
+        let processing_too = match chunks {
+            ChunkQueue::JobTable | ChunkQueue::External { backlog: Some(0) } => "PROCESSING",
+            ChunkQueue::External { .. } => "QUEUED",
+        };
         let dispatch_queue = queue_name(self.dispatch);
         let chunk_queue = queue_name(self.chunks);
         let rows = self
@@ -121,6 +129,7 @@ impl Sweeper<'_> {
                     dispatch_queue.into(),
                     chunk_queue.into(),
                     UPLOADS_PER_SWEEP.into(),
+                    processing_too.into(),
                 ],
             ))
             .await?;
