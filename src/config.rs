@@ -84,9 +84,10 @@ pub struct Settings {
     #[arg(long, env = "FLEETLOAD_WORKERS", global = true)]
     pub workers: Option<usize>,
 
-    /// How long a claimed job stays hidden from other workers before it is offered again
-    /// (extended while the job runs), in seconds.
-    #[arg(long, env = "FLEETLOAD_JOB_LEASE_SECS", default_value_t = 60, global = true)]
+    /// How long a claimed job stays hidden from other workers before it is offered again,
+    /// in seconds; renewed every third of it while the job runs, so a job whose process died
+    /// is taken again within about this long.
+    #[arg(long, env = "FLEETLOAD_JOB_LEASE_SECS", default_value_t = 10, global = true)]
     pub job_lease_secs: u64,
 
     /// Largest CSV a client may upload, enforced by the signed POST policy.
@@ -218,6 +219,44 @@ pub struct Settings {
         global = true
     )]
     pub ws_outgoing_queue: usize,
+
+    // --- Job settlement and recovery (shutdown, restart, stranded uploads) ---
+    /// On SIGTERM / ctrl-c, how long a job in hand may still run, in seconds; after that its
+    /// lease is given back unfinished (the attempt not counted) and the process exits.
+    #[arg(
+        long,
+        env = "FLEETLOAD_SHUTDOWN_GRACE_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub shutdown_grace_secs: u64,
+
+    /// Stable id of this worker process (e.g. its pod name), unique among the processes
+    /// running at once: a process restarted under the same id takes back its previous
+    /// incarnation's jobs at once instead of waiting for their leases to run out. Not needed
+    /// on the embedded default (the process holding the data dir does that for every job).
+    #[arg(long, env = "FLEETLOAD_WORKER_ID", global = true)]
+    pub worker_id: Option<String>,
+
+    /// How often each process running workers looks for stranded uploads (QUEUED or
+    /// PROCESSING with nothing working on them), in seconds; 0 turns the sweeper off.
+    #[arg(
+        long,
+        env = "FLEETLOAD_SWEEP_INTERVAL_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub sweep_interval_secs: u64,
+
+    /// How long an unfinished upload must have gone unchanged before the sweeper resumes or
+    /// fails it, in seconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_SWEEP_STALE_SECS",
+        default_value_t = 120,
+        global = true
+    )]
+    pub sweep_stale_secs: u64,
 }
 
 impl Settings {

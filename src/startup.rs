@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::auth::{Verifier, load_or_create_secret};
 use crate::config::Settings;
-use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::pipeline::{Pipeline, PipelineSettings, Settlement};
 use crate::progress::{Pace, ProgressBus, ProgressHub, ProgressListener};
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
@@ -200,8 +200,17 @@ impl Components {
             None => None,
         };
         let (storage, storage_routes) = storage(settings, public_url, aws.as_ref()).await?;
-        let dispatch: Arc<dyn Queue> =
-            Arc::new(DbQueue::new(db.clone(), DISPATCH_QUEUE, DEFAULT_MAX_ATTEMPTS));
+        // Job settlement (queue): a worker id marks this process's claims as its own.
+        let settlement = Settlement::from_settings(settings)?;
+        let owned = |q: DbQueue| match &settings.worker_id {
+            Some(id) => q.with_owner(id),
+            None => q,
+        };
+        let dispatch: Arc<dyn Queue> = Arc::new(owned(DbQueue::new(
+            db.clone(),
+            DISPATCH_QUEUE,
+            DEFAULT_MAX_ATTEMPTS,
+        )));
         let (chunks, poll_wait): (Arc<dyn Queue>, Duration) = match (&settings.sqs_queue_url, &aws) {
             (Some(url), Some(sdk)) => (
                 Arc::new(
@@ -212,7 +221,7 @@ impl Components {
                 Duration::from_secs(1),
             ),
             _ => (
-                Arc::new(DbQueue::new(db.clone(), CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS)),
+                Arc::new(owned(DbQueue::new(db.clone(), CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS))),
                 Duration::ZERO,
             ),
         };
@@ -233,7 +242,8 @@ impl Components {
                     poll_wait,
                 },
             )
-            .with_outbox(outbox),
+            .with_outbox(outbox)
+            .with_settlement(settlement),
         );
         Ok(Self {
             db,

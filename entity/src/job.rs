@@ -45,6 +45,11 @@ pub struct Model {
     pub last_error: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The upload the job works for (NULL on jobs queued before it was recorded).
+    pub upload_id: Option<i64>,
+    /// Fairness rank within a queue, claimed lowest first: a chunk's first row number, 0
+    /// for other jobs.
+    pub seq: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

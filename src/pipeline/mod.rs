@@ -5,6 +5,7 @@ pub mod csv_file;
 pub mod dispatcher;
 pub mod rules;
 pub mod runner;
+pub mod sweeper;
 pub mod worker;
 
-pub use runner::{Pipeline, PipelineSettings, Step};
+pub use runner::{Pipeline, PipelineSettings, Reclaim, Settlement, Step};

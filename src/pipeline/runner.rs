@@ -1,19 +1,30 @@
 //! Runs pipeline jobs: one step at a time (tests drain the queues deterministically with
 //! [`Pipeline::try_execute_next`]) or as worker loops in `serve` and `worker` processes.
 //!
-//! Each job runs with its lease kept alive; success acks it, a retryable failure goes back
-//! with backoff, and a job that cannot succeed (or ran out of attempts) is dead-lettered
-//! and fails its upload with a reason, keeping the results already written.
+//! Each job runs with its lease kept alive by a heartbeat; success acks it, a retryable
+//! failure goes back with backoff, and a job that cannot succeed (or ran out of attempts)
+//! is dead-lettered and fails its upload with a reason, keeping the results already
+//! written: in one transaction on the job table, the upload first on SQS.
+//!
+//! Settlement: on shutdown a worker takes no new job and lets the one in hand finish within
+//! a grace period, else gives its lease back at once; a process starting up takes back the
+//! leases of its own dead predecessor at once; a sweeper resumes or fails uploads nothing
+//! works on any more.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
+use entity::upload::UploadStatus;
+use sea_orm::{DatabaseConnection, TransactionTrait};
+use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::{DispatchOutcome, Dispatcher, fail_upload};
+use super::sweeper::Sweeper;
 use super::worker::{ChunkOutcome, apply_chunk};
+use crate::config::Settings;
 use crate::progress::ProgressBus;
 use crate::queue::{Delivery, JobPayload, Queue, QueueError};
 use crate::storage::ObjectStore;
@@ -39,6 +50,82 @@ pub struct PipelineSettings {
     pub poll_wait: Duration,
 }
 
+/// How jobs are settled when a process stops, starts again, or leaves an upload stranded.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// How long the job in hand may still run once shutdown begins; after that its lease is
+    /// given back unfinished (its attempt not counted) and the worker ends.
+    pub shutdown_grace: Duration,
+    /// Whose leases this process ends when its workers start.
+    pub reclaim: Reclaim,
+    /// How often the sweeper looks for stranded uploads; zero: never.
+    pub sweep_interval: Duration,
+    /// How long an unfinished upload must have gone unchanged to be swept.
+    pub sweep_stale: Duration,
+}
+
+impl Default for Settlement {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            reclaim: Reclaim::Nothing,
+            sweep_interval: Duration::ZERO,
+            sweep_stale: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Leases a starting process ends at once instead of waiting for them to run out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reclaim {
+    /// None: other processes may hold them.
+    Nothing,
+    /// Every lease, if this process gets the lock file (the embedded database: whoever
+    /// holds its data dir's lock is the only process working on it, so every lease left
+    /// is a dead process's).
+    SoleProcess { lock: PathBuf },
+    /// Those of earlier incarnations of this worker id (see [`crate::queue::DbQueue::with_owner`]).
+    Owner(String),
+}
+
+/// Longest worker id: it is part of every `locked_by`.
+const MAX_WORKER_ID: usize = 64;
+
+impl Settlement {
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let reclaim = if settings.uses_embedded_database() {
+            Reclaim::SoleProcess {
+                lock: settings.data_dir.join("workers.lock"),
+            }
+        } else if let Some(id) = &settings.worker_id {
+            Reclaim::Owner(valid_worker_id(id)?.to_owned())
+        } else {
+            Reclaim::Nothing
+        };
+        Ok(Self {
+            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+            reclaim,
+            sweep_interval: Duration::from_secs(settings.sweep_interval_secs),
+            sweep_stale: Duration::from_secs(settings.sweep_stale_secs),
+        })
+    }
+}
+
+/// A worker id: 1 to 64 characters of `[A-Za-z0-9.-]` (a host or pod name). No `_` or `%`:
+/// the id is matched as a `LIKE` prefix.
+pub fn valid_worker_id(id: &str) -> anyhow::Result<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_WORKER_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    anyhow::ensure!(
+        ok,
+        "--worker-id must be 1 to {MAX_WORKER_ID} characters of A-Z, a-z, 0-9, '.' or '-'"
+    );
+    Ok(id)
+}
+
 pub struct Pipeline {
     db: DatabaseConnection,
     storage: Arc<dyn ObjectStore>,
@@ -47,6 +134,11 @@ pub struct Pipeline {
     progress: Arc<ProgressBus>,
     outbox: Outbox,
     settings: PipelineSettings,
+    settlement: Settlement,
+    /// Leases of a dead predecessor are ended once, before the first claim.
+    recovered: OnceCell<()>,
+    /// The embedded data dir's lock, held while this process runs workers.
+    sole: Mutex<Option<std::fs::File>>,
 }
 
 /// A failed job attempt, with the decision whether another attempt can help.
@@ -72,7 +164,17 @@ impl Pipeline {
             progress,
             outbox: Outbox::default(),
             settings,
+            settlement: Settlement::default(),
+            recovered: OnceCell::new(),
+            sole: Mutex::new(None),
         }
+    }
+
+    /// Shutdown, restart and sweeping as `settlement` says (default: a 20 s grace period,
+    /// no reclaim, no sweeper).
+    pub fn with_settlement(mut self, settlement: Settlement) -> Self {
+        self.settlement = settlement;
+        self
     }
 
     /// Finished uploads queue a webhook call through `outbox`.
@@ -83,21 +185,39 @@ impl Pipeline {
 
     /// Takes one job (dispatch jobs first) and handles it, without waiting for work.
     pub async fn try_execute_next(&self) -> Result<Step, QueueError> {
-        self.step(Duration::ZERO).await
+        self.step(Duration::ZERO, &CancellationToken::new()).await
     }
 
-    async fn step(&self, chunk_wait: Duration) -> Result<Step, QueueError> {
+    /// Takes one job and handles it. Once `shutdown` is cancelled it takes none, and the
+    /// job in hand gets the grace period. A receive is never cut short: a claim lost in
+    /// flight would hold its job until the lease ran out.
+    async fn step(&self, chunk_wait: Duration, shutdown: &CancellationToken) -> Result<Step, QueueError> {
         for (queue, wait) in [(&self.dispatch, Duration::ZERO), (&self.chunks, chunk_wait)] {
+            if shutdown.is_cancelled() {
+                return Ok(Step::Empty);
+            }
             if let Some(delivery) = queue.receive(1, self.settings.lease, wait).await?.pop() {
-                self.execute(queue.as_ref(), delivery).await?;
+                if shutdown.is_cancelled() {
+                    // Not started: visible to the other workers at once.
+                    queue.release(&delivery).await?;
+                    return Ok(Step::Empty);
+                }
+                self.execute(queue.as_ref(), delivery, shutdown).await?;
                 return Ok(Step::Done);
             }
         }
         Ok(Step::Empty)
     }
 
-    async fn execute(&self, queue: &dyn Queue, delivery: Delivery) -> Result<(), QueueError> {
+    async fn execute(
+        &self,
+        queue: &dyn Queue,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), QueueError> {
         let lease = self.settings.lease;
+        // Renewed three times a lease: two renewals may be late before another worker may
+        // take the job, and a dead worker's job is free again within one lease.
         let keep_alive = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
@@ -106,11 +226,21 @@ impl Pipeline {
                 }
             }
         };
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.settlement.shutdown_grace).await;
+        };
+        let upload_id = delivery.payload.upload_id();
         let result = tokio::select! {
             result = self.run(&delivery.payload) => result,
             () = keep_alive => unreachable!("the keep-alive loop never ends"),
+            () = grace_over => {
+                // Dropping the run rolled its transaction back (or it had committed: a
+                // redelivery is then a no-op). The next worker needs no lease to run out.
+                tracing::warn!(upload_id, job = %delivery.payload.dedupe_key(), "shutdown grace period over: job given back unfinished");
+                return queue.release(&delivery).await;
+            }
         };
-        let upload_id = delivery.payload.upload_id();
         let handled = self.settle(queue, &delivery, result).await;
         // After the commit (and after a failed upload was marked): every way a job ends may
         // have moved its upload.
@@ -141,14 +271,36 @@ impl Pipeline {
                     delivery.attempt,
                 );
                 tracing::error!(upload_id = delivery.payload.upload_id(), %reason, error = %failure.message, "job given up");
-                if let Err(e) =
-                    fail_upload(&self.db, &self.outbox, delivery.payload.upload_id(), &reason).await
-                {
-                    tracing::error!(error = %e, "could not mark the upload failed");
-                }
-                queue.dead_letter(delivery, &failure.message).await
+                self.give_up(queue, delivery, &reason, &failure.message).await
             }
         }
+    }
+
+    /// Dead-letters the job and fails its upload as one step. On the job table both happen
+    /// in one transaction; elsewhere the upload is failed first, and the job dead-lettered
+    /// only once it is (on an error the job comes back and is given up again).
+    async fn give_up(
+        &self,
+        queue: &dyn Queue,
+        delivery: &Delivery,
+        reason: &str,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let upload_id = delivery.payload.upload_id();
+        let Some(table) = queue.job_table() else {
+            fail_upload(&self.db, &self.outbox, upload_id, reason).await?;
+            return queue.dead_letter(delivery, error).await;
+        };
+        let txn = self.db.begin().await?;
+        if table.bury_in(&txn, delivery, error).await? {
+            crate::uploads::terminate_in(&txn, &self.outbox, upload_id, UploadStatus::Failed, Some(reason))
+                .await?;
+            txn.commit().await?;
+        } else {
+            tracing::warn!(upload_id, "dead letter ignored: the job is no longer ours");
+            txn.rollback().await?;
+        }
+        Ok(())
     }
 
     async fn run(&self, payload: &JobPayload) -> Result<(), JobFailure> {
@@ -197,26 +349,110 @@ impl Pipeline {
         }
     }
 
-    /// Fails the uploads of jobs whose workers died on their last attempt.
+    /// Fails the uploads of jobs whose workers died on their last attempt: on the job table
+    /// in the transaction that marks the jobs dead; elsewhere each dead letter is removed
+    /// only after its upload is failed.
     pub async fn rescue(&self) -> Result<usize, QueueError> {
         let mut rescued = 0;
         for queue in [&self.dispatch, &self.chunks] {
-            for payload in queue.rescue().await? {
-                let reason = format!(
+            let reason = |payload: &JobPayload| {
+                format!(
                     "{} was abandoned by its workers {} times",
-                    describe(&payload),
+                    describe(payload),
                     queue.max_attempts()
-                );
-                fail_upload(&self.db, &self.outbox, payload.upload_id(), &reason).await?;
-                self.progress.changed(payload.upload_id()).await;
+                )
+            };
+            let mut failed = Vec::new();
+            if let Some(table) = queue.job_table() {
+                let txn = self.db.begin().await?;
+                for payload in table.rescue_in(&txn).await? {
+                    crate::uploads::terminate_in(
+                        &txn,
+                        &self.outbox,
+                        payload.upload_id(),
+                        UploadStatus::Failed,
+                        Some(&reason(&payload)),
+                    )
+                    .await?;
+                    failed.push(payload.upload_id());
+                }
+                txn.commit().await?;
+            } else {
+                for dead in queue.dead_jobs().await? {
+                    let upload_id = dead.payload.upload_id();
+                    fail_upload(&self.db, &self.outbox, upload_id, &reason(&dead.payload)).await?;
+                    queue.forget(&dead).await?;
+                    failed.push(upload_id);
+                }
+            }
+            for upload_id in failed {
+                self.progress.changed(upload_id).await;
                 rescued += 1;
             }
         }
         Ok(rescued)
     }
 
-    /// Starts `workers` worker loops and one rescuer; they stop taking jobs once `shutdown`
-    /// is cancelled and end after finishing the job in hand.
+    /// Resumes or fails the uploads nothing works on any more (see [`super::sweeper`]);
+    /// returns how many it acted on.
+    pub async fn sweep(&self) -> Result<usize, QueueError> {
+        let report = Sweeper {
+            db: &self.db,
+            dispatch: self.dispatch.as_ref(),
+            chunks: self.chunks.as_ref(),
+            outbox: &self.outbox,
+            stale_after: self.settlement.sweep_stale,
+        }
+        .sweep()
+        .await?;
+        for &upload_id in report.resumed.iter().chain(&report.failed) {
+            self.progress.changed(upload_id).await;
+        }
+        Ok(report.resumed.len() + report.failed.len())
+    }
+
+    /// Ends the leases a dead predecessor of this process left, once, before any claim.
+    async fn recover(&self) {
+        let owner = match &self.settlement.reclaim {
+            Reclaim::Nothing => return,
+            Reclaim::Owner(id) => Some(id.as_str()),
+            Reclaim::SoleProcess { lock } => {
+                match take_lock(lock) {
+                    Ok(Some(file)) => *self.sole.lock().unwrap_or_else(|e| e.into_inner()) = Some(file),
+                    Ok(None) => {
+                        tracing::info!(lock = %lock.display(), "another process runs workers on this data dir; its leases are left to run out");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(lock = %lock.display(), error = %e, "could not lock the data dir; leases are left to run out");
+                        return;
+                    }
+                }
+                None
+            }
+        };
+        for queue in [&self.dispatch, &self.chunks] {
+            let Some(table) = queue.job_table() else {
+                continue;
+            };
+            match table.expire_leases(owner).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        queue = table.queue_name(),
+                        jobs = n,
+                        "took back the jobs of a dead predecessor"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(queue = table.queue_name(), error = %e, "could not take back a dead predecessor's jobs")
+                }
+            }
+        }
+    }
+
+    /// Starts `workers` worker loops, one rescuer and (when configured) one sweeper; they
+    /// stop taking jobs once `shutdown` is cancelled and end after settling the job in hand.
     pub fn spawn(self: &Arc<Self>, workers: usize, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
         let mut handles: Vec<JoinHandle<()>> = (0..workers)
             .map(|n| {
@@ -225,23 +461,29 @@ impl Pipeline {
             })
             .collect();
         if workers > 0 {
-            let (pipeline, shutdown) = (self.clone(), shutdown);
-            handles.push(tokio::spawn(async move {
-                pipeline.rescue_periodically(shutdown).await
-            }));
+            let (pipeline, stop) = (self.clone(), shutdown.clone());
+            handles.push(tokio::spawn(
+                async move { pipeline.rescue_periodically(stop).await },
+            ));
+            if !self.settlement.sweep_interval.is_zero() {
+                let (pipeline, stop) = (self.clone(), shutdown);
+                handles.push(tokio::spawn(
+                    async move { pipeline.sweep_periodically(stop).await },
+                ));
+            }
         }
         handles
     }
 
     async fn work(&self, n: usize, shutdown: CancellationToken) {
         const BUSY: Duration = Duration::from_millis(2);
+        self.recovered.get_or_init(|| self.recover()).await;
         tracing::debug!(worker = n, "worker started");
         let mut pause = BUSY;
         while !shutdown.is_cancelled() {
-            let step = tokio::select! {
-                step = self.step(self.settings.poll_wait) => step,
-                () = shutdown.cancelled() => break,
-            };
+            // Not raced against `shutdown`: the step itself stops taking jobs and settles
+            // the one in hand within the grace period.
+            let step = self.step(self.settings.poll_wait, &shutdown).await;
             // Idle or failing, poll less and less often: quick to notice new work after a
             // moment of quiet, cheap when quiet lasts, patient with a queue that is down.
             let limit = match step {
@@ -276,6 +518,35 @@ impl Pipeline {
             }
         }
     }
+
+    async fn sweep_periodically(&self, shutdown: CancellationToken) {
+        let every = self.settlement.sweep_interval.max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {},
+                () = shutdown.cancelled() => return,
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(uploads = n, "swept stranded uploads"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+        }
+    }
+}
+
+/// The lock file, locked by this process; `None` when another process holds it.
+fn take_lock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// 0.5 s, 1 s, 2 s, … up to 30 s between attempts.
@@ -304,6 +575,17 @@ fn last_row(c: &crate::queue::ChunkJob) -> i32 {
 mod tests {
     use super::backoff;
     use std::time::Duration;
+
+    #[test]
+    fn worker_ids_are_short_names_without_like_wildcards() {
+        for good in ["worker-0", "fleetload-worker-7f9c.eu-west-1", "A"] {
+            assert!(super::valid_worker_id(good).is_ok(), "{good}");
+        }
+        let long = "w".repeat(65);
+        for bad in ["", "a_b", "a%b", "a/b", "a b", "ä", long.as_str()] {
+            assert!(super::valid_worker_id(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

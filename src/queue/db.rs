@@ -1,5 +1,7 @@
 //! The job-table queue: jobs are rows of `jobs`, claimed with a lease by one atomic UPDATE,
-//! on the embedded SQLite database and on PostgreSQL alike.
+//! on the embedded SQLite database and on PostgreSQL alike. Claims go by fairness rank
+//! (`seq`, a chunk's first row), then age; a lease that ran out is first put back (`reap`),
+//! so the job is claimed again in rank order.
 //!
 //! A claim is `(id, locked_by, attempts)`: every claim bumps `attempts`, so a consumer whose
 //! lease ran out and was claimed again (even by another task of the same process) no longer
@@ -48,6 +50,14 @@ impl DbQueue {
         }
     }
 
+    /// Claims as `<owner>/<pid>-<random>`: a process that restarts under the same `owner`
+    /// (a stable worker id, unique among live processes) can expire its previous
+    /// incarnation's leases at once with [`DbQueue::expire_leases`].
+    pub fn with_owner(mut self, owner: &str) -> Self {
+        self.consumer = format!("{owner}/{}", consumer_id());
+        self
+    }
+
     /// Written to `locked_by` of the jobs this queue claims, so an operator can tell which
     /// process holds a job.
     pub fn consumer_id(&self) -> &str {
@@ -58,28 +68,44 @@ impl DbQueue {
         &self.queue
     }
 
+    /// Running jobs whose consumer let the lease run out, with attempts left, become
+    /// available again (those on their last attempt are `rescue`'s). A conditional UPDATE:
+    /// concurrent reapers change each row once.
+    async fn reap(&self, now: DateTime<Utc>) -> Result<u64, QueueError> {
+        let result = Job::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Available))
+            .col_expr(
+                job::Column::LockedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(job::Column::LockedBy, Expr::value(Option::<String>::None))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::Queue.eq(self.queue.as_str()))
+            .filter(job::Column::State.eq(JobState::Running))
+            .filter(job::Column::LockedUntil.lt(now))
+            .filter(Expr::col(job::Column::Attempts).lt(Expr::col(job::Column::MaxAttempts)))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     /// One claim of up to `max` jobs, without waiting.
     async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Delivery>, QueueError> {
         let now = Utc::now();
+        self.reap(now).await?;
         let locked_until = after(now, lease);
         let limit = u64::try_from(max).unwrap_or(u64::MAX);
-        // Available jobs that are due, and running ones whose consumer let the lease run out
-        // with attempts left (the rescuer's half; the other half is `rescue`).
+        // Due available jobs, lowest fairness rank first (a chunk's first row: every
+        // upload's first chunks before anyone's later ones), then oldest first.
         let mut claimable = Query::select();
         claimable
             .column(job::Column::Id)
             .from(Job)
             .and_where(job::Column::Queue.eq(self.queue.as_str()))
+            .and_where(job::Column::State.eq(JobState::Available))
+            .and_where(job::Column::RunAt.lte(now))
             .and_where(Expr::col(job::Column::Attempts).lt(Expr::col(job::Column::MaxAttempts)))
-            .cond_where(
-                job::Column::State
-                    .eq(JobState::Available)
-                    .and(job::Column::RunAt.lte(now))
-                    .or(job::Column::State
-                        .eq(JobState::Running)
-                        .and(job::Column::LockedUntil.lt(now))),
-            )
-            .order_by(job::Column::RunAt, sea_orm::Order::Asc)
+            .order_by(job::Column::Seq, sea_orm::Order::Asc)
             .order_by(job::Column::Id, sea_orm::Order::Asc)
             .limit(limit)
             // PostgreSQL: concurrent claimers pass over each other's rows instead of waiting.
@@ -101,6 +127,7 @@ impl DbQueue {
                 job::Column::Id,
                 job::Column::Payload,
                 job::Column::Attempts,
+                job::Column::Seq,
             ]));
         let backend = self.db.get_database_backend();
         let rows = self.db.query_all(backend.build(&claim)).await?;
@@ -108,12 +135,16 @@ impl DbQueue {
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, body, attempts) = claimed_row(&row)?;
+            let seq: i32 = row.try_get("", "seq")?;
             match serde_json::from_str::<JobPayload>(&body) {
-                Ok(payload) => deliveries.push(Delivery {
-                    handle: id.to_string(),
-                    payload,
-                    attempt: u32::try_from(attempts).unwrap_or(0),
-                }),
+                Ok(payload) => deliveries.push((
+                    seq,
+                    Delivery {
+                        handle: id.to_string(),
+                        payload,
+                        attempt: u32::try_from(attempts).unwrap_or(0),
+                    },
+                )),
                 // A row no consumer can read would otherwise come back at every lease. If
                 // burying it fails, it comes back after the lease and is buried then; the
                 // jobs claimed with it are still handed out.
@@ -128,13 +159,35 @@ impl DbQueue {
                 }
             }
         }
-        // RETURNING gives no order; hand jobs out in the order they were queued.
-        deliveries.sort_by_key(|d| d.handle.parse::<i64>().unwrap_or(i64::MAX));
-        Ok(deliveries)
+        // RETURNING gives no order; hand jobs out in the order they were claimed.
+        deliveries.sort_by_key(|(seq, d)| (*seq, d.handle.parse::<i64>().unwrap_or(i64::MAX)));
+        Ok(deliveries.into_iter().map(|(_, d)| d).collect())
     }
 
     /// Dead-letters the claim `(id, attempts)` of this consumer; whether it still held it.
     async fn bury(&self, id: i64, attempts: i32, error: &str) -> Result<bool, QueueError> {
+        self.bury_on(&self.db, id, attempts, error).await
+    }
+
+    /// Dead-letters `delivery` on `conn` (a transaction that also fails its upload);
+    /// whether this consumer still held it. Nothing changes when it did not.
+    pub async fn bury_in(
+        &self,
+        conn: &impl ConnectionTrait,
+        delivery: &Delivery,
+        error: &str,
+    ) -> Result<bool, QueueError> {
+        let (id, attempts) = Self::claim_of(delivery)?;
+        self.bury_on(conn, id, attempts, error).await
+    }
+
+    async fn bury_on(
+        &self,
+        conn: &impl ConnectionTrait,
+        id: i64,
+        attempts: i32,
+        error: &str,
+    ) -> Result<bool, QueueError> {
         let result = Job::update_many()
             .col_expr(job::Column::State, Expr::value(JobState::Dead))
             .col_expr(job::Column::LastError, Expr::value(error))
@@ -145,9 +198,26 @@ impl DbQueue {
             .col_expr(job::Column::LockedBy, Expr::value(Option::<String>::None))
             .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(self.held(id, attempts))
-            .exec(&self.db)
+            .exec(conn)
             .await?;
         Ok(result.rows_affected == 1)
+    }
+
+    /// Ends the leases of running jobs at once, so they are claimed again without waiting
+    /// for them to run out: all of this queue's (`owner` None: the caller is the only
+    /// process using the database), or those of an earlier incarnation of `owner` (see
+    /// [`DbQueue::with_owner`]). Call it before this process claims anything. Returns how
+    /// many leases ended.
+    pub async fn expire_leases(&self, owner: Option<&str>) -> Result<u64, QueueError> {
+        let mut update = Job::update_many()
+            .col_expr(job::Column::LockedUntil, Expr::value(DateTime::<Utc>::UNIX_EPOCH))
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(job::Column::Queue.eq(self.queue.as_str()))
+            .filter(job::Column::State.eq(JobState::Running));
+        if let Some(owner) = owner {
+            update = update.filter(job::Column::LockedBy.starts_with(format!("{owner}/")));
+        }
+        Ok(update.exec(&self.db).await?.rows_affected)
     }
 
     /// Matches the row of a claim only while this consumer still holds it.
@@ -190,6 +260,8 @@ impl Queue for DbQueue {
                 queue: Set(self.queue.clone()),
                 payload: Set(body),
                 dedupe_key: Set(Some(payload.dedupe_key())),
+                upload_id: Set(Some(payload.upload_id())),
+                seq: Set(payload.seq()),
                 state: Set(JobState::Available),
                 attempts: Set(0),
                 max_attempts: Set(i32::try_from(self.max_attempts).unwrap_or(i32::MAX)),
@@ -292,6 +364,45 @@ impl Queue for DbQueue {
     }
 
     async fn rescue(&self) -> Result<Vec<JobPayload>, QueueError> {
+        self.rescue_in(&self.db).await
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    async fn release(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let (id, attempts) = Self::claim_of(delivery)?;
+        let now = Utc::now();
+        // The claim counted an attempt that never ran to its end: give it back.
+        let result = Job::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Available))
+            .col_expr(job::Column::Attempts, Expr::col(job::Column::Attempts).sub(1))
+            .col_expr(job::Column::RunAt, Expr::value(now))
+            .col_expr(
+                job::Column::LockedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(job::Column::LockedBy, Expr::value(Option::<String>::None))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(self.held(id, attempts))
+            .exec(&self.db)
+            .await?;
+        if result.rows_affected == 0 {
+            tracing::warn!(job_id = id, queue = %self.queue, "release ignored: the job is no longer ours");
+        }
+        Ok(())
+    }
+
+    fn job_table(&self) -> Option<&DbQueue> {
+        Some(self)
+    }
+}
+
+impl DbQueue {
+    /// [`Queue::rescue`] on `conn`: in a transaction that also fails the jobs' uploads, a
+    /// job is dead exactly when its upload is failed.
+    pub async fn rescue_in(&self, conn: &impl ConnectionTrait) -> Result<Vec<JobPayload>, QueueError> {
         let now = Utc::now();
         // One UPDATE … RETURNING: two rescuers never both return a job, since only one of
         // them moves it out of `running`.
@@ -313,8 +424,8 @@ impl Queue for DbQueue {
             .and_where(job::Column::LockedUntil.lt(now))
             .and_where(Expr::col(job::Column::Attempts).gte(Expr::col(job::Column::MaxAttempts)))
             .returning(Query::returning().columns([job::Column::Id, job::Column::Payload]));
-        let backend = self.db.get_database_backend();
-        let rows = self.db.query_all(backend.build(&rescue)).await?;
+        let backend = conn.get_database_backend();
+        let rows = conn.query_all(backend.build(&rescue)).await?;
         let mut payloads = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.try_get("", "id")?;
@@ -329,12 +440,6 @@ impl Queue for DbQueue {
         Ok(payloads)
     }
 
-    fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-}
-
-impl DbQueue {
     async fn insert(&self, rows: Vec<job::ActiveModel>) -> Result<(), QueueError> {
         // A job with the same dedupe key is already queued (a repeated dispatch): keep it.
         Job::insert_many(rows)

@@ -86,6 +86,25 @@ impl JobPayload {
             Self::ProcessChunk(c) => c.upload_id,
         }
     }
+
+    /// Fairness rank on the job table, lowest claimed first: a chunk's first row, so the
+    /// first rows of every upload go before the later rows of any (a 100-row upload queued
+    /// behind a million-row one is not starved); other jobs are first come, first served.
+    pub fn seq(&self) -> i32 {
+        match self {
+            Self::ProcessChunk(c) => c.rows.first().map_or(0, |r| r.row_number),
+            Self::DispatchUpload { .. } | Self::NotifyWebhook { .. } => 0,
+        }
+    }
+}
+
+/// A job its queue gave up on (SQS: a message in the dead-letter queue) whose upload is
+/// still to be failed; [`Queue::forget`] it once the upload is failed.
+#[derive(Clone, Debug)]
+pub struct DeadJob {
+    pub payload: JobPayload,
+    /// Backend handle (the dead letter's receipt handle), if the backend keeps it until then.
+    pub handle: Option<String>,
 }
 
 /// A job handed to one consumer, hidden from the others until its lease runs out.
@@ -144,6 +163,45 @@ pub trait Queue: Send + Sync {
 
     /// Deliveries a job gets before it is dead-lettered.
     fn max_attempts(&self) -> u32;
+
+    /// Gives a job back at once, its attempt not counted where the backend can (shutdown of
+    /// a consumer that did not start or finish it). Default: a retry without delay.
+    async fn release(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.retry(delivery, Duration::ZERO, "released by a consumer shutting down")
+            .await
+    }
+
+    /// The job table behind this queue, when it is one: dead-lettering and failing the
+    /// upload then happen in one transaction.
+    fn job_table(&self) -> Option<&DbQueue> {
+        None
+    }
+
+    /// Like [`Queue::rescue`], but each dead job stays in the backend until
+    /// [`Queue::forget`]: a crash before its upload is failed hands it out again. The
+    /// default is `rescue` (already removed).
+    async fn dead_jobs(&self) -> Result<Vec<DeadJob>, QueueError> {
+        Ok(self
+            .rescue()
+            .await?
+            .into_iter()
+            .map(|payload| DeadJob {
+                payload,
+                handle: None,
+            })
+            .collect())
+    }
+
+    /// Jobs waiting or in flight, as far as the backend tells (SQS: approximately);
+    /// `None` when it does not.
+    async fn backlog(&self) -> Result<Option<u64>, QueueError> {
+        Ok(None)
+    }
+
+    /// Removes a dead job returned by [`Queue::dead_jobs`], once its upload is failed.
+    async fn forget(&self, _dead: &DeadJob) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 /// Adds `payload` to the job table's `queue` unless a job with the same dedupe key exists;
@@ -166,6 +224,8 @@ pub async fn enqueue_with(
         queue: Set(queue.to_owned()),
         payload: Set(body),
         dedupe_key: Set(Some(payload.dedupe_key())),
+        upload_id: Set(Some(payload.upload_id())),
+        seq: Set(payload.seq()),
         state: Set(JobState::Available),
         attempts: Set(0),
         max_attempts: Set(i32::try_from(max_attempts).unwrap_or(i32::MAX)),

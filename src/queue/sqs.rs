@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 
-use super::{DEFAULT_MAX_ATTEMPTS, Delivery, JobPayload, MAX_LEASE, Queue, QueueError};
+use super::{DEFAULT_MAX_ATTEMPTS, DeadJob, Delivery, JobPayload, MAX_LEASE, Queue, QueueError};
 
 /// Largest message body sent, and the largest sum of bodies in one batch: SQS's classic
 /// limit (queues may be configured lower, which [`SqsQueue::new`] reads; AWS now allows up
@@ -214,9 +214,13 @@ impl SqsQueue {
     }
 
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+        self.delete_from(&self.queue_url, receipt).await
+    }
+
+    async fn delete_from(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError> {
         self.client
             .delete_message()
-            .queue_url(&self.queue_url)
+            .queue_url(queue_url)
             .receipt_handle(receipt)
             .send()
             .await
@@ -413,6 +417,88 @@ impl Queue for SqsQueue {
 
     fn max_attempts(&self) -> u32 {
         self.max_attempts
+    }
+
+    /// Visible again at once. SQS cannot take back the receive it counted.
+    async fn release(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.set_visibility(&delivery.handle, Duration::ZERO).await
+    }
+
+    async fn dead_jobs(&self) -> Result<Vec<DeadJob>, QueueError> {
+        let Some(dlq) = &self.dlq_url else {
+            return Ok(Vec::new());
+        };
+        let mut dead = Vec::new();
+        for _ in 0..RESCUE_ROUNDS {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(dlq)
+                .max_number_of_messages(BATCH_ENTRIES as i32)
+                .visibility_timeout(RESCUE_VISIBILITY_SECS)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .map_err(sqs_error)?;
+            let messages = out.messages();
+            for message in messages {
+                let Some(receipt) = message.receipt_handle() else {
+                    continue;
+                };
+                let body = message.body().unwrap_or_default();
+                match serde_json::from_str::<JobPayload>(body) {
+                    // Kept (hidden) until `forget`: if failing the upload does not happen, the
+                    // dead letter comes back after the visibility timeout.
+                    Ok(payload) => dead.push(DeadJob {
+                        payload,
+                        handle: Some(receipt.to_owned()),
+                    }),
+                    Err(err) => {
+                        tracing::error!(body = preview(body), error = %err, "undecodable dead letter; deleted");
+                        self.delete_from(dlq, receipt).await?;
+                    }
+                }
+            }
+            if messages.len() < BATCH_ENTRIES {
+                break;
+            }
+        }
+        Ok(dead)
+    }
+
+    async fn backlog(&self) -> Result<Option<u64>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        let Some(attributes) = out.attributes() else {
+            return Ok(None);
+        };
+        let mut total = 0u64;
+        for name in [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ] {
+            match attributes.get(&name).and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) => total += n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+
+    async fn forget(&self, dead: &DeadJob) -> Result<(), QueueError> {
+        match (&self.dlq_url, &dead.handle) {
+            (Some(dlq), Some(receipt)) => self.delete_from(dlq, receipt).await,
+            _ => Ok(()),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub use prepare::{PrepareInput, Prepared, prepare};
 pub use read::{UploadPage, find_visible, list};
 pub use report::error_report;
 pub use retry::retry_failed_rows;
-pub use terminate::terminate;
+pub use terminate::{terminate, terminate_in};
 
 use entity::prelude::*;
 use entity::{action, workflow};

@@ -5,7 +5,9 @@ use chrono::Utc;
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, TransactionTrait,
+};
 
 use crate::webhook::Outbox;
 
@@ -19,9 +21,22 @@ pub async fn terminate(
     status: UploadStatus,
     reason: Option<&str>,
 ) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    let ended = terminate_in(&txn, outbox, upload_id, status, reason).await?;
+    txn.commit().await?;
+    Ok(ended)
+}
+
+/// [`terminate`] inside the caller's transaction (a job dead-lettered in the same commit).
+pub async fn terminate_in(
+    txn: &DatabaseTransaction,
+    outbox: &Outbox,
+    upload_id: i64,
+    status: UploadStatus,
+    reason: Option<&str>,
+) -> Result<bool, DbErr> {
     debug_assert!(status.is_terminal());
     let now = Utc::now();
-    let txn = db.begin().await?;
     let mut update = Upload::update_many()
         .col_expr(upload::Column::Status, Expr::value(status))
         .col_expr(upload::Column::FinishedAt, Expr::value(now))
@@ -36,13 +51,12 @@ pub async fn terminate(
             UploadStatus::Queued,
             UploadStatus::Processing,
         ]))
-        .exec(&txn)
+        .exec(txn)
         .await?
         .rows_affected
         == 1;
     if ended {
-        outbox.upload_finished(&txn, upload_id).await?;
+        outbox.upload_finished(txn, upload_id).await?;
     }
-    txn.commit().await?;
     Ok(ended)
 }

@@ -18,6 +18,7 @@ mod queue_sqs;
 mod results;
 mod retry;
 mod schema;
+mod settlement;
 mod storage_local;
 mod storage_s3;
 mod subscriptions;

@@ -35,6 +35,11 @@ fn queue(app: &TestApp, max_attempts: u32) -> DbQueue {
     DbQueue::new(app.state.db.clone(), name, max_attempts)
 }
 
+/// A new handle on the same queue, with the default consumer id.
+fn queue_named(app: &TestApp, q: &DbQueue) -> DbQueue {
+    DbQueue::new(app.state.db.clone(), q.queue_name(), q.max_attempts())
+}
+
 /// Another process's handle on the same queue.
 fn other_consumer(app: &TestApp, q: &DbQueue) -> DbQueue {
     DbQueue::new(app.state.db.clone(), q.queue_name(), q.max_attempts())
@@ -360,5 +365,138 @@ on_both_backends! {
         let mut ids: Vec<i64> = got.iter().map(|d| d.payload.upload_id()).collect();
         ids.sort();
         assert_eq!(ids, vec![3, 4]);
+    }
+
+    async fn chunks_are_claimed_by_their_first_row_across_uploads(app: TestApp) {
+        let q = queue(&app, 5);
+        // A large upload queued first, then a small one: first come, first served would
+        // run all of the large one's chunks before the small one's.
+        let large: Vec<JobPayload> = (0..5).map(|c| chunk(15, c)).collect();
+        q.send(&large).await.unwrap();
+        q.send(&[chunk(16, 0), chunk(16, 1)]).await.unwrap();
+        q.send(&[JobPayload::DispatchUpload { upload_id: 17 }]).await.unwrap();
+
+        let mut order = Vec::new();
+        for _ in 0..8 {
+            let delivery = receive_one(&q, LEASE, Duration::ZERO).await;
+            q.ack(&delivery).await.unwrap();
+            order.push(delivery.payload.dedupe_key());
+        }
+
+        assert_eq!(
+            order,
+            [
+                "dispatch:17", "chunk:15:0", "chunk:16:0", "chunk:15:1", "chunk:16:1", "chunk:15:2",
+                "chunk:15:3", "chunk:15:4"
+            ]
+        );
+        let rows = jobs_of(&app, &q).await;
+        assert!(rows.is_empty());
+    }
+
+    async fn a_job_records_its_upload_and_rank(app: TestApp) {
+        let q = queue(&app, 5);
+        q.send(&[chunk(18, 3), JobPayload::DispatchUpload { upload_id: 19 }]).await.unwrap();
+
+        let mut rows = jobs_of(&app, &q).await;
+        rows.sort_by_key(|r| r.seq);
+        assert_eq!(
+            rows.iter().map(|r| (r.upload_id, r.seq)).collect::<Vec<_>>(),
+            vec![(Some(19), 0), (Some(18), 31)]
+        );
+    }
+
+    async fn a_released_job_is_claimable_at_once_and_its_attempt_not_counted(app: TestApp) {
+        let q = queue(&app, 2);
+        q.send(&[chunk(20, 0)]).await.unwrap();
+        let first = receive_one(&q, LEASE, Duration::ZERO).await;
+
+        q.release(&first).await.unwrap();
+
+        let row = &jobs_of(&app, &q).await[0];
+        assert_eq!((row.state, row.attempts, row.locked_by.clone()), (JobState::Available, 0, None));
+        // With two attempts allowed, released jobs never run out of them.
+        for _ in 0..3 {
+            let consumer = other_consumer(&app, &q);
+            let again = receive_one(&consumer, LEASE, Duration::ZERO).await;
+            assert_eq!(again.attempt, 1);
+            consumer.release(&again).await.unwrap();
+        }
+        // A stale consumer's release changes nothing.
+        let current = receive_one(&other_consumer(&app, &q), LEASE, Duration::ZERO).await;
+        queue_named(&app, &q).release(&current).await.unwrap();
+        assert_eq!(jobs_of(&app, &q).await[0].state, JobState::Running);
+    }
+
+    async fn a_restarted_owner_ends_its_dead_incarnations_leases_and_no_one_elses(app: TestApp) {
+        let q = queue(&app, 5);
+        q.send(&[chunk(21, 0), chunk(21, 1)]).await.unwrap();
+        let dead = queue_named(&app, &q).with_owner("worker-a");
+        let alive = queue_named(&app, &q).with_owner("worker-ab");
+        let held_dead = receive_one(&dead, LEASE, Duration::ZERO).await;
+        let held_alive = receive_one(&alive, LEASE, Duration::ZERO).await;
+        assert!(dead.consumer_id().starts_with("worker-a/"));
+        nothing_now(&q).await;
+
+        let restarted = queue_named(&app, &q).with_owner("worker-a");
+        assert_eq!(restarted.expire_leases(Some("worker-a")).await.unwrap(), 1);
+
+        let again = receive_one(&restarted, LEASE, Duration::ZERO).await;
+        assert_eq!(again.payload, held_dead.payload);
+        assert_eq!(again.attempt, 2);
+        nothing_now(&q).await;
+        alive.ack(&held_alive).await.unwrap();
+        assert_eq!(jobs_of(&app, &q).await.len(), 1);
+    }
+
+    async fn the_only_process_ends_every_lease_at_once(app: TestApp) {
+        let q = queue(&app, 5);
+        q.send(&[chunk(22, 0), chunk(22, 1)]).await.unwrap();
+        q.receive(2, LEASE, Duration::ZERO).await.unwrap();
+        nothing_now(&q).await;
+
+        assert_eq!(other_consumer(&app, &q).expire_leases(None).await.unwrap(), 2);
+
+        assert_eq!(q.receive(10, LEASE, Duration::ZERO).await.unwrap().len(), 2);
+    }
+
+    async fn jobs_queued_before_the_settlement_migration_get_their_upload_and_rank(app: TestApp) {
+        use migration::MigratorTrait;
+        let q = queue(&app, 5);
+        q.send(&[chunk(23, 4), JobPayload::DispatchUpload { upload_id: 24 }]).await.unwrap();
+        let now = Utc::now();
+        Job::insert(job::ActiveModel {
+            queue: Set(q.queue_name().to_owned()),
+            payload: Set("not json".into()),
+            dedupe_key: Set(Some("corrupt:2".into())),
+            state: Set(JobState::Available),
+            attempts: Set(0),
+            max_attempts: Set(5),
+            run_at: Set(now),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+
+        migration::Migrator::down(&app.state.db, Some(1)).await.unwrap();
+        migration::Migrator::up(&app.state.db, None).await.unwrap();
+
+        let mut rows: Vec<_> = jobs_of(&app, &q)
+            .await
+            .into_iter()
+            .map(|r| (r.dedupe_key.unwrap(), r.upload_id, r.seq))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![
+                ("chunk:23:4".to_owned(), Some(23), 41),
+                ("corrupt:2".to_owned(), None, 0),
+                ("dispatch:24".to_owned(), Some(24), 0),
+            ]
+        );
     }
 }

@@ -337,3 +337,80 @@ async fn a_queue_configured_for_smaller_messages_lowers_the_limit() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_released_message_is_delivered_again_at_once() {
+    let sqs = sqs_with_redrive(Some(3)).await;
+    sqs.queue.send(&[chunk(20, 0, 1)]).await.unwrap();
+    let first = next(&sqs.queue, LEASE).await;
+    nothing_now(&sqs.queue).await;
+
+    sqs.queue.release(&first).await.unwrap();
+
+    // Long before the 30 s lease would have run out.
+    let again = next(&sqs.queue, LEASE).await;
+    assert_eq!(again.payload, chunk(20, 0, 1));
+    assert_eq!(again.attempt, 2, "SQS cannot take back a receive");
+}
+
+#[tokio::test]
+async fn a_dead_job_stays_in_the_dead_letter_queue_until_forgotten() {
+    let sqs = sqs_with_redrive(Some(3)).await;
+    sqs.queue.send(&[chunk(21, 0, 1), chunk(21, 1, 1)]).await.unwrap();
+    for _ in 0..2 {
+        let delivery = next(&sqs.queue, LEASE).await;
+        sqs.queue.dead_letter(&delivery, "given up").await.unwrap();
+    }
+
+    let mut dead = Vec::new();
+    for _ in 0..POLLS {
+        dead.extend(sqs.queue.dead_jobs().await.unwrap());
+        if dead.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().all(|d| d.handle.is_some()));
+    // Handed out, not removed: hidden for now, still in the dead-letter queue.
+    assert!(sqs.queue.dead_jobs().await.unwrap().is_empty());
+    let in_dlq = |attributes: Option<&std::collections::HashMap<QueueAttributeName, String>>| {
+        let a = attributes.unwrap();
+        let n = |name| a[&name].parse::<u32>().unwrap();
+        n(QueueAttributeName::ApproximateNumberOfMessages)
+            + n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+    };
+    let count = || async {
+        let out = sqs
+            .client
+            .get_queue_attributes()
+            .queue_url(&sqs.dlq_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        in_dlq(out.attributes())
+    };
+    assert_eq!(count().await, 2);
+
+    sqs.queue.forget(&dead[0]).await.unwrap();
+    assert_eq!(count().await, 1);
+    sqs.queue.forget(&dead[1]).await.unwrap();
+    assert_eq!(count().await, 0);
+}
+
+#[tokio::test]
+async fn the_backlog_counts_waiting_and_in_flight_messages() {
+    let sqs = sqs_with_redrive(Some(3)).await;
+    assert_eq!(sqs.queue.backlog().await.unwrap(), Some(0));
+    sqs.queue
+        .send(&[chunk(22, 0, 1), chunk(22, 1, 1), chunk(22, 2, 1)])
+        .await
+        .unwrap();
+    let delivery = next(&sqs.queue, LEASE).await;
+    assert_eq!(sqs.queue.backlog().await.unwrap(), Some(3));
+
+    sqs.queue.ack(&delivery).await.unwrap();
+    assert_eq!(sqs.queue.backlog().await.unwrap(), Some(2));
+}
