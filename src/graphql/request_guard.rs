@@ -1,0 +1,125 @@
+//! The limits every GraphQL request meets, whatever its transport: the document's shape
+//! (see [`super::limits`]) before async-graphql walks it, the length of variable values,
+//! introspection for anonymous callers, and a per-request share of the database pool.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+};
+use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::{Request, Response, ServerError, ServerResult, Variables};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::context::Auth;
+use super::limits::{self, ShapeLimits};
+use crate::config::IntrospectionPolicy;
+
+pub struct RequestGuard {
+    pub shape: ShapeLimits,
+    pub introspection: IntrospectionPolicy,
+}
+
+impl ExtensionFactory for RequestGuard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(Self {
+            shape: self.shape,
+            introspection: self.introspection,
+        })
+    }
+}
+
+/// Set once a request passed parsing and validation and started executing, so HTTP can tell
+/// a request error (no `data`, 400 under `application/graphql-response+json`) from a result.
+#[derive(Clone, Default)]
+pub struct Executed(Arc<AtomicBool>);
+
+impl Executed {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How many database connections one request may hold at once; resolvers that query take a
+/// permit for the duration of their statements (not of their children), so 10,000 aliases
+/// wait in line instead of taking the whole pool.
+#[derive(Clone)]
+pub struct DbPermits(Arc<Semaphore>);
+
+impl DbPermits {
+    pub fn new(permits: usize) -> Self {
+        Self(Arc::new(Semaphore::new(permits.max(1))))
+    }
+
+    pub async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().acquire_owned().await.ok()
+    }
+}
+
+pub fn coded(message: impl Into<String>, code: &str) -> ServerError {
+    let mut error = ServerError::new(message, None);
+    let ext = error.extensions.get_or_insert_with(Default::default);
+    ext.set("code", code);
+    ext.set("errorType", code);
+    error
+}
+
+fn check_variables(variables: &Variables, max: usize) -> ServerResult<()> {
+    for value in variables.values() {
+        limits::check_const_strings(value, max).map_err(|e| coded(e.to_string(), e.code()))?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Extension for RequestGuard {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        check_variables(&request.variables, self.shape.max_string_bytes)?;
+        // A document that does not parse is left to async-graphql to report.
+        if let Ok(doc) = request.parsed_query() {
+            limits::check_document(doc, self.shape).map_err(|e| coded(e.to_string(), e.code()))?;
+        }
+        next.run(ctx, request).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        let refusal = match self.introspection {
+            IntrospectionPolicy::On => None,
+            IntrospectionPolicy::Token if matches!(ctx.data_opt::<Auth>(), Some(Auth::User(_))) => None,
+            IntrospectionPolicy::Token => Some(("introspection requires a valid token", "UNAUTHENTICATED")),
+            IntrospectionPolicy::Off => Some((
+                "introspection is disabled on this server",
+                "INTROSPECTION_DISABLED",
+            )),
+        };
+        match refusal {
+            Some((message, code)) if limits::introspects(&doc) => Err(coded(message, code)),
+            _ => Ok(doc),
+        }
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        if let Some(executed) = ctx.data_opt::<Executed>() {
+            executed.0.store(true, Ordering::Relaxed);
+        }
+        next.run(ctx, operation_name).await
+    }
+}
