@@ -394,8 +394,34 @@ async fn hold_api_pool(app: &TestApp) -> Vec<Box<dyn std::any::Any + Send>> {
     held
 }
 
+/// Sends a whole request (head, then the body in 64 KiB writes) before reading a byte of the
+/// answer, as browsers do with an upload; a server that closes early resets the connection
+/// and the client never sees its answer.
+async fn send_all_then_read(base: &str, head: String, body: Vec<u8>) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(head.as_bytes()).await?;
+    for piece in body.chunks(64 * 1024) {
+        stream.write_all(piece).await?;
+    }
+    stream.flush().await?;
+    let mut answer = Vec::new();
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .map_err(std::io::Error::other)??;
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if n == 0 || text.contains("</Error>") || text.trim_end().ends_with('}') {
+            return Ok(text.into_owned());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_upload_endpoint_s_refusal_reaches_a_client_still_sending_its_file() {
+async fn the_upload_endpoint_s_refusal_reaches_a_client_that_sends_its_whole_file_first() {
     let app = spawn_app(Backend::Sqlite).await;
     for attempt in 0..3 {
         let (_, file_upload) = app.prepare_demo().await;
@@ -403,29 +429,65 @@ async fn the_upload_endpoint_s_refusal_reaches_a_client_still_sending_its_file()
             serde_json::from_str(file_upload["fields"].as_str().unwrap()).unwrap();
         // A policy that no longer matches its signature: refused as soon as `file` starts.
         fields.insert("key".into(), json!("uploads/someone-else/devices.csv"));
-        let mut form = reqwest::multipart::Form::new();
+        let boundary = "----fleetloadboundary";
+        let mut body = Vec::new();
         for (name, value) in fields {
-            form = form.text(name, value.as_str().unwrap().to_owned());
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{}\r\n",
+                    value.as_str().unwrap()
+                )
+                .as_bytes(),
+            );
         }
-        // 3 MB, sent in pieces with pauses so that the refusal comes while it is sending.
-        let pieces = futures::stream::iter(0..48).then(|i| async move {
-            if i % 8 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok::<_, std::io::Error>(Bytes::from(vec![b'1'; 64 * 1024]))
-        });
-        let part =
-            reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(pieces)).file_name("devices.csv");
-        let resp = app
-            .http
-            .post(file_upload["url"].as_str().unwrap())
-            .multipart(form.part("file", part))
-            .send()
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"devices.csv\"\r\nContent-Type: text/csv\r\n\r\n").as_bytes(),
+        );
+        body.extend(std::iter::repeat_n(b'1', 3 * 1024 * 1024));
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = url::Url::parse(file_upload["url"].as_str().unwrap()).unwrap();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+            url.path(),
+            url.authority(),
+            body.len()
+        );
+        let answer = send_all_then_read(&app.url, head, body)
             .await
             .unwrap_or_else(|e| panic!("attempt {attempt}: the client saw {e:?} instead of the 403"));
-        assert_eq!(resp.status(), 403, "attempt {attempt}");
-        let text = resp.text().await.unwrap();
-        assert!(text.contains("<Code>"), "{text}");
+        assert!(answer.starts_with("HTTP/1.1 403"), "attempt {attempt}: {answer}");
+        assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_too_large_graphql_body_s_413_reaches_a_client_that_sends_it_whole_first() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut body = br#"{"query": "{ __typename }", "x": ""#.to_vec();
+    body.extend(std::iter::repeat_n(b'a', 3 * 1024 * 1024));
+    body.extend_from_slice(br#""}"#);
+    let authority = app.url.trim_start_matches("http://").to_owned();
+    // With its length declared (refused before reading) and chunked (refused while reading).
+    let declared = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut chunked = Vec::new();
+    for piece in body.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let streamed = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    for (head, body) in [(declared, body), (streamed, chunked)] {
+        let answer = send_all_then_read(&app.url, head, body)
+            .await
+            .unwrap_or_else(|e| panic!("the client saw {e:?} instead of the 413"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("PAYLOAD_TOO_LARGE"), "{answer}");
     }
 }
 
