@@ -218,6 +218,29 @@ pub struct Settings {
     #[arg(long, env = "FLEETLOAD_MAX_ALIASES", default_value_t = 100, global = true)]
     pub max_aliases: usize,
 
+    /// Longest query text, in bytes (`QUERY_TOO_LARGE`): refused before it is parsed.
+    #[arg(long, env = "FLEETLOAD_MAX_QUERY_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_query_bytes: usize,
+
+    /// Complexity from which a query counts as heavy and waits for one of
+    /// `FLEETLOAD_HEAVY_QUERIES_AT_ONCE` slots, so that a flood of them cannot take the CPU.
+    #[arg(
+        long,
+        env = "FLEETLOAD_HEAVY_QUERY_COMPLEXITY",
+        default_value_t = 2_000,
+        global = true
+    )]
+    pub heavy_query_complexity: usize,
+
+    /// Heavy queries this process runs at once; the others wait in line (within the timeout).
+    #[arg(
+        long,
+        env = "FLEETLOAD_HEAVY_QUERIES_AT_ONCE",
+        default_value_t = 1,
+        global = true
+    )]
+    pub heavy_queries_at_once: usize,
+
     /// Most fields and fragment spreads a document may expand to (`QUERY_TOO_LARGE`).
     #[arg(
         long,

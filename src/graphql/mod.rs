@@ -52,7 +52,10 @@ pub fn build_schema(state: crate::state::AppState) -> AppSchema {
                 max_aliases: settings.max_aliases as u64,
                 max_string_bytes: settings.max_string_bytes,
             },
+            max_query_bytes: settings.max_query_bytes,
             introspection: settings.introspection,
+            heavy_complexity: settings.heavy_query_complexity,
+            heavy: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.heavy_queries_at_once.max(1))),
         })
         .limit_depth(settings.max_query_depth)
         .limit_complexity(settings.max_query_complexity)

@@ -96,6 +96,17 @@ async fn alias_bombs_and_expensive_pages_are_refused_before_they_run() {
     let query = format!("{{ upload(tenantId: \"demo\", uploadId: \"{id}\") {{ {aliases} }} }}");
     let (status, body) = post(&app, Some(&token), &json!({"query": query})).await;
     assert_eq!(status, 200);
+    // 600 KB of text: refused before it is parsed.
+    assert_eq!(error_code(&body), "QUERY_TOO_LARGE", "{body}");
+    // Short text, many aliases once its fragment is expanded.
+    let fragment: String = (0..11)
+        .map(|i| format!("r{i}: results(first: 1) {{ totalCount }} "))
+        .collect();
+    let spreads = "...R ".repeat(10);
+    let query = format!(
+        "{{ upload(tenantId: \"demo\", uploadId: \"{id}\") {{ {spreads} }} }} fragment R on Upload {{ {fragment} }}"
+    );
+    let (_, body) = post(&app, Some(&token), &json!({"query": query})).await;
     assert_eq!(error_code(&body), "TOO_MANY_ALIASES", "{body}");
     // Under the alias limit, but 50 pages of 500 rows: refused for its cost.
     let aliases: String = (0..50)
@@ -190,7 +201,11 @@ async fn long_strings_are_refused_as_arguments_and_as_variables() {
     let (status, body) = post(&app, None, &json!({"query": query, "variables": {"t": ten_mb}})).await;
     assert_eq!((status, error_code(&body)), (413, "PAYLOAD_TOO_LARGE".into()));
     // With room for the body, the string itself.
-    let app = spawn_app_with(Backend::Sqlite, |s| s.max_body_bytes = 32 * 1024 * 1024).await;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.max_body_bytes = 32 * 1024 * 1024;
+        s.max_query_bytes = 1024 * 1024;
+    })
+    .await;
     let token = app.alice();
     let (_, body) = post(
         &app,
