@@ -87,10 +87,21 @@ async fn run(label: &str, settings: Settings, rows: usize, flooders: usize) {
             flood(&http, &url, &reader, &id, &stop, n).await
         }));
     }
+    let user = {
+        let (http, url, token, id, stop) = (
+            http.clone(),
+            url.clone(),
+            token.clone(),
+            first_id.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move { light_user(&http, &url, &token, &id, &stop).await })
+    };
     // Let the flood reach its pace before the upload starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (flooded, _) = process(&http, &url, &token, &state.db, rows, 2).await;
     stop.store(true, Ordering::Relaxed);
+    let (mut latencies, failures) = user.await.unwrap();
     let mut outcomes: BTreeMap<String, (usize, Duration)> = BTreeMap::new();
     for client in clients {
         for (code, (count, took)) in client.await.unwrap() {
@@ -105,6 +116,18 @@ async fn run(label: &str, settings: Settings, rows: usize, flooders: usize) {
         flooded.as_secs_f64() * 1000.0,
         flooded.as_secs_f64() / quiet.as_secs_f64()
     );
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    if !latencies.is_empty() {
+        println!(
+            "{:>20} a light user meanwhile: {} queries, p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms, {failures} errors",
+            "",
+            latencies.len(),
+            pct(0.5),
+            pct(0.95),
+            pct(1.0)
+        );
+    }
     for (code, (count, took)) in outcomes {
         println!(
             "{:>20} flood answers {code:<18} {count:>6} (mean {:>8.1} ms)",
@@ -215,6 +238,39 @@ async fn flood(
         entry.1 += started.elapsed();
     }
     outcomes
+}
+
+/// A UI polling an upload's status every 100 ms: its latencies, and its answers with errors.
+async fn light_user(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    upload_id: &str,
+    stop: &AtomicBool,
+) -> (Vec<Duration>, usize) {
+    let query =
+        format!("{{ upload(tenantId: \"demo\", uploadId: \"{upload_id}\") {{ status processedRows }} }}");
+    let (mut latencies, mut failures) = (Vec::new(), 0);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let ok = match http
+            .post(url)
+            .bearer_auth(token)
+            .json(&json!({"query": query}))
+            .send()
+            .await
+        {
+            Ok(resp) => resp
+                .json::<Value>()
+                .await
+                .is_ok_and(|b| b.get("errors").is_none()),
+            Err(_) => false,
+        };
+        latencies.push(started.elapsed());
+        failures += usize::from(!ok);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (latencies, failures)
 }
 
 fn csv(rows: usize, salt: u64) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! slots for heavy queries so that a flood of them leaves CPU to everything else.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
@@ -35,19 +35,20 @@ impl ExtensionFactory for RequestGuard {
             introspection: self.introspection,
             heavy_complexity: self.heavy_complexity,
             heavy: self.heavy.clone(),
-            slot: std::sync::Mutex::new(None),
+            complexity: AtomicUsize::new(0),
         })
     }
 }
 
-/// One request's guard; a heavy request's slot is held until the request is done with.
+/// One request's guard.
 struct Guard {
     shape: ShapeLimits,
     max_query_bytes: usize,
     introspection: IntrospectionPolicy,
     heavy_complexity: usize,
     heavy: Arc<Semaphore>,
-    slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// The validated complexity, for `execute`.
+    complexity: AtomicUsize,
 }
 
 /// Set once a request passed parsing and validation and started executing, so HTTP can tell
@@ -143,10 +144,7 @@ impl Extension for Guard {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let result = next.run(ctx).await?;
-        if result.complexity >= self.heavy_complexity {
-            let slot = self.heavy.clone().acquire_owned().await.ok();
-            *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = slot;
-        }
+        self.complexity.store(result.complexity, Ordering::Relaxed);
         Ok(result)
     }
 
@@ -159,6 +157,13 @@ impl Extension for Guard {
         if let Some(executed) = ctx.data_opt::<Executed>() {
             executed.0.store(true, Ordering::Relaxed);
         }
+        // Queries and mutations only: a subscription never calls `execute`, so a long-lived
+        // one cannot keep a slot.
+        let _slot = if self.complexity.load(Ordering::Relaxed) >= self.heavy_complexity {
+            self.heavy.acquire().await.ok()
+        } else {
+            None
+        };
         next.run(ctx, operation_name).await
     }
 }
