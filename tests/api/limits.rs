@@ -530,3 +530,56 @@ fragment TypeRef on __Type {
     ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } } }
 }
 "#;
+
+/// The document limits hold on every transport: here a fragment bomb subscribed over
+/// graphql-transport-ws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fragment_bomb_over_a_websocket_is_refused_with_its_code() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let app = spawn_app(Backend::Sqlite).await;
+    let before = rss_mib();
+    let mut request = format!("{}/graphql", app.url.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let next = async move |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("an answer")
+            .expect("the connection stays open")
+            .unwrap();
+        if let Message::Text(text) = frame {
+            return serde_json::from_str::<Value>(&text).unwrap();
+        }
+    };
+    let send = |v: Value| Message::Text(v.to_string().into());
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", app.alice())}});
+    ws.send(send(init)).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "connection_ack");
+    let bomb = fragment_bomb(26, 2)
+        .replace("on Query", "on Subscription")
+        .replacen("query", "subscription", 1);
+    ws.send(send(
+        json!({"type": "subscribe", "id": "1", "payload": {"query": bomb}}),
+    ))
+    .await
+    .unwrap();
+    let answer = next(&mut ws).await;
+    // graphql-ws answers a refused document with `error` (its errors as the payload); a
+    // `next` carrying only errors says the same. Either way: nothing ran, the code is there.
+    let errors = match answer["type"].as_str() {
+        Some("error") => &answer["payload"],
+        _ => &answer["payload"]["errors"],
+    };
+    assert_eq!(errors[0]["extensions"]["code"], "QUERY_TOO_LARGE", "{answer}");
+    let grown = rss_mib().saturating_sub(before);
+    assert!(grown < RSS_BOUND_MIB, "RSS grew {grown} MiB");
+    still_serving(&app).await;
+}
