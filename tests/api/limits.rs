@@ -583,3 +583,62 @@ async fn a_fragment_bomb_over_a_websocket_is_refused_with_its_code() {
     assert!(grown < RSS_BOUND_MIB, "RSS grew {grown} MiB");
     still_serving(&app).await;
 }
+
+/// A request still running at its deadline answers REQUEST_TIMEOUT (504); here it waits for
+/// a pool connection that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_past_its_deadline_answers_request_timeout() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.request_timeout_secs = 1;
+        s.db_acquire_timeout_secs = 60;
+    })
+    .await;
+    let held = hold_api_pool(&app).await;
+    let resp = app
+        .http
+        .post(format!("{}/graphql", app.url))
+        .bearer_auth(app.alice())
+        .json(&json!({"query": "{ upload(tenantId: \"demo\", uploadId: \"x\") { id } }"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&body), "REQUEST_TIMEOUT");
+    drop(held);
+    still_serving(&app).await;
+}
+
+/// Heavy queries take turns: two that each wait out the pool's acquire timeout finish one
+/// after the other, while a light query is not held up by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_queries_take_turns_and_light_ones_pass() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.db_acquire_timeout_secs = 2;
+        // `upload { status }` costs 2, `__typename` 1.
+        s.heavy_query_complexity = 2;
+        s.heavy_queries_at_once = 1;
+    })
+    .await;
+    let token = app.alice();
+    let held = hold_api_pool(&app).await;
+    let heavy = json!({"query": "{ upload(tenantId: \"demo\", uploadId: \"x\") { status } }"});
+    let started = std::time::Instant::now();
+    let (a, b, light) = tokio::join!(
+        post(&app, Some(&token), &heavy),
+        post(&app, Some(&token), &heavy),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let answer = post(&app, Some(&token), &json!({"query": "{ __typename }"})).await;
+            (answer, started.elapsed())
+        }
+    );
+    let both = started.elapsed();
+    assert_eq!(error_code(&a.1), "SERVICE_BUSY");
+    assert_eq!(error_code(&b.1), "SERVICE_BUSY");
+    // Side by side they would be done after one acquire timeout (2 s); in turn, after two.
+    assert!(both >= Duration::from_millis(3900), "{both:?}");
+    let ((_, body), _) = light;
+    assert_eq!(body["data"]["__typename"], "Query");
+    drop(held);
+}
