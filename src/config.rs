@@ -186,6 +186,46 @@ pub struct Settings {
     )]
     pub realtime_keepalive_ms: u64,
 
+    // --- WebSocket limits (every endpoint: `/graphql` and `/graphql/realtime`) ---
+    /// How long a new WebSocket connection may take to send `connection_init`, in
+    /// milliseconds; then it is closed (graphql-transport-ws: 4408).
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_INIT_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub ws_init_timeout_ms: u64,
+
+    /// Largest WebSocket message (and frame) a client may send, in bytes; a larger one closes
+    /// the connection with 1009.
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_MAX_MESSAGE_BYTES",
+        default_value_t = 64 * 1024,
+        global = true
+    )]
+    pub ws_max_message_bytes: usize,
+
+    /// Most subscriptions running at once on one WebSocket connection (AppSync's own limit).
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_MAX_SUBSCRIPTIONS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub ws_max_subscriptions: usize,
+
+    /// Most messages waiting to be written to one WebSocket connection; a client that lets
+    /// more pile up is disconnected as too slow a reader.
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_OUTGOING_QUEUE",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub ws_outgoing_queue: usize,
+
     // ---- HTTP and GraphQL limits, worker pool isolation (issue #9, "Limits and abuse") ----
     /// Largest request body `/graphql` reads, in bytes; more answers 413 `PAYLOAD_TOO_LARGE`.
     #[arg(long, env = "FLEETLOAD_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]

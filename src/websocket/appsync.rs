@@ -27,20 +27,22 @@ use std::time::Duration;
 
 use async_graphql::{Request, ServerError, Variables};
 use axum::extract::FromRequestParts;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::ConnectionAuth;
+use super::connection::{self, Inbound, Incoming, Outbox};
+use super::limits::{Limits, WsError, appsync_error_type};
 use crate::auth::token_from_header;
 use crate::graphql::{AppSchema, PresentedToken};
 use crate::state::AppState;
@@ -56,10 +58,12 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let limits = Limits::from_settings(&app.settings);
     // Only `graphql-ws` is ever selected: the `header-…` entry is a credential, not a protocol.
-    upgrade
+    limits
+        .apply(upgrade)
         .protocols(["graphql-ws"])
-        .on_upgrade(move |socket| serve(socket, app, schema, token))
+        .on_upgrade(move |socket| serve(socket, app, schema, token, limits))
 }
 
 /// The token of the connection's header object: from the `header-…` subprotocol, else from
@@ -107,134 +111,219 @@ fn authorization_of(object: &Value) -> Option<&str> {
         .and_then(token_from_header)
 }
 
-/// What subscription tasks hand the connection loop, which alone writes to the socket.
-enum Out {
-    Send(Value),
-    /// Subscription `id` (started as `generation`) sent its last message.
-    Finished(String, u64),
-}
-
-type Sink = SplitSink<WebSocket, Message>;
-
-async fn send(sink: &mut Sink, message: Value) -> bool {
-    sink.send(Message::Text(message.to_string().into())).await.is_ok()
-}
-
-async fn serve(socket: WebSocket, app: AppState, schema: AppSchema, token: Option<String>) {
-    let (mut sink, mut stream) = socket.split();
-    // The client sends `connection_init` first thing and waits for the answer.
-    loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let message: Value = serde_json::from_str(&text).unwrap_or_default();
-                if message["type"] == "connection_init" {
-                    break;
-                }
-                refuse(&mut sink, "BadRequestException", 400, "connection_init expected").await;
-                return;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            _ => return,
-        }
-    }
-    let connection_token = match ConnectionAuth::check(&app.verifier, token.as_deref()).await {
-        ConnectionAuth::User { token, .. } => token,
-        ConnectionAuth::Anonymous | ConnectionAuth::Refused => {
-            let message = "a valid token is required (Authorization in the header object)";
-            refuse(&mut sink, "UnauthorizedException", 401, message).await;
-            return;
+async fn serve(socket: WebSocket, app: AppState, schema: AppSchema, token: Option<String>, limits: Limits) {
+    let (outbox, mut incoming, writer) = connection::open(socket, &limits);
+    let protocol = async move {
+        let (finished, finishing) = mpsc::unbounded_channel();
+        let mut session = Session {
+            schema,
+            limits,
+            outbox,
+            running: HashMap::new(),
+            generation: 0,
+            tasks: JoinSet::new(),
+            finished,
+        };
+        let end = session.run(&app, token, &mut incoming, finishing).await;
+        // Subscriptions hold outboxes: once they are gone, the writer ends (answering the
+        // client's close frame if that is how the connection ended).
+        session.tasks.shutdown().await;
+        drop(session);
+        if end == End::WeClosed {
+            incoming.finish().await;
         }
     };
-    let ack = json!({"type": "connection_ack", "payload": {"connectionTimeoutMs": CONNECTION_TIMEOUT_MS}});
-    if !send(&mut sink, ack).await {
-        return;
-    }
+    tokio::join!(writer, protocol);
+}
 
-    let keepalive = Duration::from_millis(app.settings.realtime_keepalive_ms.max(10));
-    // The first tick is immediate: AppSync also sends a `ka` right after the ack.
-    let mut ka = tokio::time::interval(keepalive);
-    let (out, mut outbox) = mpsc::unbounded_channel::<Out>();
-    let mut running: HashMap<String, (u64, AbortHandle)> = HashMap::new();
-    let mut generation = 0u64;
-    loop {
-        tokio::select! {
-            _ = ka.tick() => {
-                if !send(&mut sink, json!({"type": "ka"})).await {
-                    break;
-                }
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// We sent a close frame: the client's answer is awaited.
+    WeClosed,
+    /// The client closed, or the connection is gone.
+    Gone,
+}
+
+struct Session {
+    schema: AppSchema,
+    limits: Limits,
+    outbox: Outbox,
+    /// Running subscriptions: id → (generation, task).
+    running: HashMap<String, (u64, AbortHandle)>,
+    generation: u64,
+    tasks: JoinSet<()>,
+    finished: mpsc::UnboundedSender<(String, u64)>,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        app: &AppState,
+        token: Option<String>,
+        incoming: &mut Incoming,
+        mut finishing: mpsc::UnboundedReceiver<(String, u64)>,
+    ) -> End {
+        // The client sends `connection_init` first thing and waits for the answer.
+        let init_deadline = Instant::now() + self.limits.init_timeout;
+        let first = tokio::select! {
+            biased;
+            _ = self.outbox.closed() => return End::Gone,
+            _ = tokio::time::sleep_until(init_deadline) => return self.refuse(WsError::InitTimeout),
+            first = incoming.next() => first,
+        };
+        match first {
+            Inbound::Text(text) if message_type(&text).as_deref() == Some("connection_init") => {}
+            Inbound::Text(_) => {
+                return self.refuse(WsError::BadMessage("connection_init expected".into()));
             }
-            Some(item) = outbox.recv() => match item {
-                Out::Send(message) => {
-                    if !send(&mut sink, message).await {
-                        break;
+            Inbound::TooLarge => return self.refuse(WsError::MessageTooLarge),
+            Inbound::Closed => return End::Gone,
+        }
+        let connection_token = match ConnectionAuth::check(&app.verifier, token.as_deref()).await {
+            ConnectionAuth::User { token, .. } => token,
+            ConnectionAuth::Anonymous | ConnectionAuth::Refused => {
+                return self.refuse(WsError::Unauthenticated);
+            }
+        };
+        let ack =
+            json!({"type": "connection_ack", "payload": {"connectionTimeoutMs": CONNECTION_TIMEOUT_MS}});
+        self.outbox.send_json(&ack);
+
+        let keepalive = Duration::from_millis(app.settings.realtime_keepalive_ms.max(10));
+        // The first tick is immediate: AppSync also sends a `ka` right after the ack.
+        let mut ka = tokio::time::interval(keepalive);
+        loop {
+            let inbound = tokio::select! {
+                biased;
+                _ = self.outbox.closed() => return End::Gone,
+                // Before the client's next message: a subscription that completed frees its
+                // id before the client, having read the `complete`, can reuse it.
+                Some((id, generation)) = finishing.recv() => {
+                    if self.running.get(&id).is_some_and(|(g, _)| *g == generation) {
+                        self.running.remove(&id);
+                    }
+                    while self.tasks.try_join_next().is_some() {}
+                    continue;
+                }
+                _ = ka.tick() => {
+                    self.outbox.send_json(&json!({"type": "ka"}));
+                    continue;
+                }
+                inbound = incoming.next() => inbound,
+            };
+            let text = match inbound {
+                Inbound::Text(text) => text,
+                Inbound::TooLarge => return self.refuse(WsError::MessageTooLarge),
+                Inbound::Closed => return End::Gone,
+            };
+            let message: Value = serde_json::from_str(&text).unwrap_or_default();
+            let id = message["id"].as_str().unwrap_or_default().to_owned();
+            match message["type"].as_str() {
+                Some("start") if !id.is_empty() => self.start(id, &message["payload"], &connection_token),
+                Some("stop") => {
+                    // A subscription that already ended has sent its `complete`.
+                    if let Some((_, task)) = self.running.remove(&id) {
+                        task.abort();
+                        self.outbox.send_json(&json!({"type": "complete", "id": id}));
                     }
                 }
-                Out::Finished(id, started) => {
-                    if running.get(&id).is_some_and(|(g, _)| *g == started) {
-                        running.remove(&id);
+                // AppSync's answer to anything else, `connection_init` again included.
+                other => {
+                    let what = other.unwrap_or("unknown");
+                    let error =
+                        WsError::BadMessage(format!("{what} not supported through the realtime channel"));
+                    let mut answer = refusal_message(&id, &error);
+                    if id.is_empty() {
+                        answer.as_object_mut().map(|m| m.remove("id"));
                     }
-                }
-            },
-            incoming = stream.next() => {
-                let text = match incoming {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_))) => continue,
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                };
-                let message: Value = serde_json::from_str(&text).unwrap_or_default();
-                let id = message["id"].as_str().unwrap_or_default().to_owned();
-                match message["type"].as_str() {
-                    Some("start") if !id.is_empty() => {
-                        if running.contains_key(&id) {
-                            let error = error_message(&id, "BAD_USER_INPUT", "a subscription with this id is running");
-                            let _ = out.send(Out::Send(error));
-                            continue;
-                        }
-                        generation += 1;
-                        let task = tokio::spawn(run_subscription(
-                            schema.clone(),
-                            id.clone(),
-                            generation,
-                            message["payload"].clone(),
-                            connection_token.clone(),
-                            out.clone(),
-                        ));
-                        running.insert(id, (generation, task.abort_handle()));
-                    }
-                    Some("stop") => {
-                        // A subscription that already ended has sent its `complete`.
-                        if let Some((_, task)) = running.remove(&id) {
-                            task.abort();
-                            if !send(&mut sink, json!({"type": "complete", "id": id})).await {
-                                break;
-                            }
-                        }
-                    }
-                    _ => {}
+                    self.outbox.send_json(&answer);
                 }
             }
         }
     }
-    for (_, task) in running.into_values() {
-        task.abort();
+
+    fn start(&mut self, id: String, payload: &Value, connection_token: &SecretString) {
+        if self.running.contains_key(&id) {
+            self.outbox
+                .send_json(&refusal_message(&id, &WsError::DuplicateId(id.clone())));
+            return;
+        }
+        if self.running.len() >= self.limits.max_subscriptions {
+            let error = WsError::TooManySubscriptions(self.limits.max_subscriptions);
+            self.outbox.send_json(&refusal_message(&id, &error));
+            return;
+        }
+        self.generation += 1;
+        let task = self.tasks.spawn(run_subscription(
+            self.schema.clone(),
+            id.clone(),
+            self.generation,
+            payload.clone(),
+            connection_token.clone(),
+            self.outbox.clone(),
+            self.finished.clone(),
+        ));
+        self.running.insert(id, (self.generation, task));
+    }
+
+    /// `connection_error` (AppSync's errorCode 401 for a refused token, which stops the
+    /// clients' retries), then the close frame.
+    fn refuse(&self, error: WsError) -> End {
+        tracing::info!(code = error.code(), "AppSync WebSocket connection refused");
+        if !matches!(error, WsError::MessageTooLarge | WsError::SlowReader) {
+            let error_code = if error == WsError::Unauthenticated {
+                401
+            } else {
+                400
+            };
+            let message = match &error {
+                WsError::Unauthenticated => {
+                    "a valid token is required (Authorization in the header object)".to_owned()
+                }
+                other => other.message(),
+            };
+            self.outbox.send_json(&json!({
+                "type": "connection_error",
+                "payload": {"errors": [{
+                    "errorType": error.appsync_type(),
+                    "errorCode": error_code,
+                    "message": message,
+                    "extensions": {"code": error.code()},
+                }]},
+            }));
+        }
+        self.outbox.close(&error);
+        End::WeClosed
     }
 }
 
-/// `connection_error`, then close: the connection is not accepted.
-async fn refuse(sink: &mut Sink, error_type: &str, code: u16, message: &str) {
-    let error = json!({
-        "type": "connection_error",
-        "payload": {"errors": [{"errorType": error_type, "errorCode": code, "message": message}]},
-    });
-    let _ = send(sink, error).await;
-    let _ = sink.close().await;
+fn message_type(text: &str) -> Option<String> {
+    let message: Value = serde_json::from_str(text).ok()?;
+    message["type"].as_str().map(str::to_owned)
 }
 
-fn error_message(id: &str, error_type: &str, message: &str) -> Value {
+/// An `error` message for subscription `id` refused by this layer.
+fn refusal_message(id: &str, error: &WsError) -> Value {
     json!({
         "type": "error",
         "id": id,
-        "payload": {"errors": [{"errorType": error_type, "message": message}]},
+        "payload": {"errors": [{
+            "errorType": error.appsync_type(),
+            "message": error.message(),
+            "extensions": {"code": error.code()},
+        }]},
+    })
+}
+
+fn error_message(id: &str, code: &str, message: &str) -> Value {
+    json!({
+        "type": "error",
+        "id": id,
+        "payload": {"errors": [{
+            "errorType": appsync_error_type(code),
+            "message": message,
+            "extensions": {"code": code},
+        }]},
     })
 }
 
@@ -245,33 +334,37 @@ async fn run_subscription(
     generation: u64,
     payload: Value,
     connection_token: SecretString,
-    out: mpsc::UnboundedSender<Out>,
+    outbox: Outbox,
+    finished: mpsc::UnboundedSender<(String, u64)>,
 ) {
-    let send = |message: Value| {
-        let _ = out.send(Out::Send(message));
+    // The id is free before the client can read the last message and reuse it.
+    let last = |message: Value| {
+        let _ = finished.send((id.clone(), generation));
+        outbox.send_json(&message);
     };
     match parse_start(&payload) {
-        Err(reason) => send(error_message(&id, "BAD_USER_INPUT", &reason)),
+        Err(reason) => last(error_message(&id, "BAD_USER_INPUT", &reason)),
         Ok((request, start_token)) => {
             // The start's own authorization counts when given (clients refresh it per start);
             // the resolver verifies it again either way.
             let token = start_token.unwrap_or(connection_token);
             let mut responses = schema.execute_stream(request.data(PresentedToken(token)));
             match responses.next().await {
-                Some(first) if first.is_err() => send(errors_message(&id, &first.errors)),
+                Some(first) if first.is_err() => last(errors_message(&id, &first.errors)),
                 first => {
-                    send(json!({"type": "start_ack", "id": id}));
+                    outbox.send_json(&json!({"type": "start_ack", "id": id}));
                     let mut next = first;
                     while let Some(response) = next {
-                        send(json!({"type": "data", "id": id, "payload": response}));
+                        if !outbox.send_json(&json!({"type": "data", "id": id, "payload": response})) {
+                            return;
+                        }
                         next = responses.next().await;
                     }
-                    send(json!({"type": "complete", "id": id}));
+                    last(json!({"type": "complete", "id": id}));
                 }
             }
         }
     }
-    let _ = out.send(Out::Finished(id, generation));
 }
 
 /// The request of a `start` payload, and the token of its authorization, if any.
@@ -304,7 +397,7 @@ fn errors_message(id: &str, errors: &[ServerError]) -> Value {
                 .and_then(|v| v.clone().into_json().ok())
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_else(|| "INTERNAL_SERVER_ERROR".into());
-            json!({"errorType": code, "message": e.message})
+            json!({"errorType": appsync_error_type(&code), "message": e.message, "extensions": {"code": code}})
         })
         .collect();
     json!({"type": "error", "id": id, "payload": {"errors": errors}})

@@ -1,9 +1,11 @@
 //! GraphQL subscriptions over WebSocket: `graphql-transport-ws` and legacy `graphql-ws` on
 //! `/graphql`, and AppSync's real-time flavour on `/graphql/realtime`. What they share is how
-//! a connection's token is found and checked.
+//! a connection's token is found and checked, its plumbing and its limits.
 
 pub mod appsync;
+mod connection;
 pub mod graphql_ws;
+pub mod limits;
 
 use async_graphql::Data;
 use axum::http::{HeaderMap, header};
@@ -47,7 +49,7 @@ pub fn token_in_init_payload(payload: &Value) -> Option<&str> {
 
 /// A connection's verdict on the token it was given.
 pub enum ConnectionAuth {
-    /// No token: only what needs none works (subscriptions answer `UNAUTHENTICATED`).
+    /// No token: every endpoint refuses the connection at `connection_init`.
     Anonymous,
     User {
         identity: Identity,

@@ -25,3 +25,4 @@ mod storage_s3;
 mod subscriptions;
 mod tenancy;
 mod webhook;
+mod websocket_limits;

@@ -18,15 +18,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::helpers::*;
 use crate::on_both_backends;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A hang guard, never a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
-const PROGRESS: &str = "subscription($t: String!, $id: String!) { uploadProgress(tenantId: $t, uploadId: $id) { uploadId status totalRows processedRows succeeded failed percentage rowsPerSecond etaSeconds recentErrors { rowNumber deviceUid outcome errorCode } } }";
+pub(crate) const PROGRESS: &str = "subscription($t: String!, $id: String!) { uploadProgress(tenantId: $t, uploadId: $id) { uploadId status totalRows processedRows succeeded failed percentage rowsPerSecond etaSeconds recentErrors { rowNumber deviceUid outcome errorCode } } }";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flavour {
+pub(crate) enum Flavour {
     /// graphql-ws, Apollo Client 3.5+.
     TransportWs,
     /// subscriptions-transport-ws.
@@ -39,13 +39,13 @@ enum Flavour {
 
 /// What a server sent, as a client sees it.
 #[derive(Debug)]
-enum Frame {
+pub(crate) enum Frame {
     Json(Value),
     Close(Option<(u16, String)>),
     Gone,
 }
 
-async fn next_frame(ws: &mut Ws) -> Frame {
+pub(crate) async fn next_frame(ws: &mut Ws) -> Frame {
     loop {
         let message = tokio::time::timeout(PATIENCE, ws.next())
             .await
@@ -62,7 +62,7 @@ async fn next_frame(ws: &mut Ws) -> Frame {
 }
 
 /// The next JSON message, skipping AppSync's `ka`.
-async fn next_json(ws: &mut Ws) -> Value {
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
     loop {
         match next_frame(ws).await {
             Frame::Json(v) if v["type"] == "ka" => continue,
@@ -72,15 +72,15 @@ async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
-async fn send(ws: &mut Ws, message: Value) {
+pub(crate) async fn send(ws: &mut Ws, message: Value) {
     ws.send(Message::Text(message.to_string().into())).await.unwrap();
 }
 
-fn ws_url(base: &str, path: &str) -> String {
+pub(crate) fn ws_url(base: &str, path: &str) -> String {
     format!("{}{path}", base.replacen("http://", "ws://", 1))
 }
 
-async fn open(url: &str, protocols: &[String]) -> Ws {
+pub(crate) async fn open(url: &str, protocols: &[String]) -> Ws {
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
@@ -92,19 +92,19 @@ async fn open(url: &str, protocols: &[String]) -> Ws {
 }
 
 /// The JSON header object AppSync clients send: the bare JWT and the GraphQL endpoint's host.
-fn header_object(base: &str, token: &str) -> String {
+pub(crate) fn header_object(base: &str, token: &str) -> String {
     let host = base.trim_start_matches("http://").to_owned();
     json!({"Authorization": token, "host": host}).to_string()
 }
 
 /// Opens a connection of `flavour` with `token` and waits for the connection's verdict:
 /// `Ok(ws)` once acknowledged, `Err(frame)` with what refused it.
-async fn connect(app: &TestApp, flavour: Flavour, token: Option<&str>) -> Result<Ws, Vec<Frame>> {
+pub(crate) async fn connect(app: &TestApp, flavour: Flavour, token: Option<&str>) -> Result<Ws, Vec<Frame>> {
     connect_to(&app.url, flavour, token).await
 }
 
 /// [`connect`] to the server at `base` (`http://host:port`).
-async fn connect_to(base: &str, flavour: Flavour, token: Option<&str>) -> Result<Ws, Vec<Frame>> {
+pub(crate) async fn connect_to(base: &str, flavour: Flavour, token: Option<&str>) -> Result<Ws, Vec<Frame>> {
     let mut ws = match flavour {
         Flavour::TransportWs | Flavour::LegacyWs => {
             let protocol = if flavour == Flavour::TransportWs {
@@ -161,7 +161,14 @@ async fn connect_to(base: &str, flavour: Flavour, token: Option<&str>) -> Result
 
 /// Starts `uploadProgress` as subscription `id` on a connection of `flavour`; AppSync's
 /// start carries `token` in its own authorization, as the clients send it.
-async fn start(ws: &mut Ws, flavour: Flavour, id: &str, token: &str, tenant: &str, upload_id: &str) {
+pub(crate) async fn start(
+    ws: &mut Ws,
+    flavour: Flavour,
+    id: &str,
+    token: &str,
+    tenant: &str,
+    upload_id: &str,
+) {
     let variables = json!({"t": tenant, "id": upload_id});
     let message = match flavour {
         Flavour::TransportWs => {
@@ -184,16 +191,16 @@ async fn start(ws: &mut Ws, flavour: Flavour, id: &str, token: &str, tenant: &st
 
 /// What one subscription produced.
 #[derive(Debug, Default)]
-struct Outcome {
-    events: Vec<Value>,
+pub(crate) struct Outcome {
+    pub(crate) events: Vec<Value>,
     /// Codes of the errors it was refused with.
-    errors: Vec<String>,
-    completed: bool,
-    acked: bool,
+    pub(crate) errors: Vec<String>,
+    pub(crate) completed: bool,
+    pub(crate) acked: bool,
 }
 
 /// Adds one message of subscription traffic to what the subscription produced.
-fn record(flavour: Flavour, message: &Value, outcome: &mut Outcome) {
+pub(crate) fn record(flavour: Flavour, message: &Value, outcome: &mut Outcome) {
     let ty = message["type"].as_str().unwrap_or_default();
     match (flavour, ty) {
         (Flavour::TransportWs, "next") | (Flavour::LegacyWs, "data") => {
@@ -225,7 +232,7 @@ fn record(flavour: Flavour, message: &Value, outcome: &mut Outcome) {
 }
 
 /// Follows subscription `id` until it completes or is refused (AppSync's `error` ends it).
-async fn follow(ws: &mut Ws, flavour: Flavour, id: &str) -> Outcome {
+pub(crate) async fn follow(ws: &mut Ws, flavour: Flavour, id: &str) -> Outcome {
     let mut outcome = Outcome::default();
     let appsync = matches!(flavour, Flavour::AppSync | Flavour::AppSyncQuery);
     // AppSync ends a refused subscription with `error` alone.
@@ -241,7 +248,7 @@ async fn follow(ws: &mut Ws, flavour: Flavour, id: &str) -> Outcome {
 }
 
 /// The first event of subscription `id`, once it is there.
-async fn first_event(ws: &mut Ws, flavour: Flavour, id: &str) -> (Value, Outcome) {
+pub(crate) async fn first_event(ws: &mut Ws, flavour: Flavour, id: &str) -> (Value, Outcome) {
     let mut outcome = Outcome::default();
     while outcome.events.is_empty() {
         let message = next_json(ws).await;
@@ -262,7 +269,7 @@ fn rows_with_failures(seed: u64) -> Vec<u8> {
 }
 
 /// Prepares, posts and finalizes [`rows_with_failures`] as alice in `demo`.
-async fn upload_with_failures(app: &TestApp, seed: u64) -> String {
+pub(crate) async fn upload_with_failures(app: &TestApp, seed: u64) -> String {
     app.upload_csv(&app.alice(), json!({"rowCount": 300}), rows_with_failures(seed))
         .await
 }
@@ -486,20 +493,26 @@ on_both_backends! {
                 assert_eq!(v["payload"]["errors"][0]["errorCode"], 401);
             }
         }
-        // No token on the standard protocols: connected, but a subscription is refused.
-        for flavour in [Flavour::TransportWs, Flavour::LegacyWs] {
-            let mut ws = connect(&app, flavour, None).await.expect("anonymous connection");
-            start(&mut ws, flavour, "anon", "", "demo", &upload_id).await;
-            let outcome = follow(&mut ws, flavour, "anon").await;
-            assert_eq!(outcome.errors, ["UNAUTHENTICATED"], "{flavour:?}");
-            assert!(outcome.events.is_empty());
-        }
-        // AppSync: a good connection, a start carrying an expired token.
+        // No token at all: refused at connection_init too, as AppSync refuses it (every
+        // operation needs a user).
+        let refusal = connect(&app, Flavour::TransportWs, None).await.expect_err("refused");
+        assert!(
+            matches!(refusal.as_slice(), [Frame::Close(Some((4403, reason)))] if reason == "Forbidden"),
+            "{refusal:?}"
+        );
+        let refusal = connect(&app, Flavour::LegacyWs, None).await.expect_err("refused");
+        assert!(
+            matches!(refusal.as_slice(), [Frame::Json(v), Frame::Close(Some((4403, _)))]
+                if v["type"] == "connection_error" && v["payload"]["extensions"]["code"] == "UNAUTHENTICATED"),
+            "{refusal:?}"
+        );
+        // AppSync: a good connection, a start carrying an expired token gets the errorType
+        // AppSync clients refresh their token on.
         let good = app.alice();
         let mut ws = connect(&app, Flavour::AppSync, Some(&good)).await.unwrap();
         start(&mut ws, Flavour::AppSync, "old", &expired, "demo", &upload_id).await;
         let outcome = follow(&mut ws, Flavour::AppSync, "old").await;
-        assert_eq!(outcome.errors, ["UNAUTHENTICATED"]);
+        assert_eq!(outcome.errors, ["UnauthorizedException"]);
         assert!(outcome.events.is_empty() && !outcome.acked, "{outcome:?}");
     }
 
@@ -609,10 +622,10 @@ async fn appsync_keep_alives_arrive_at_the_configured_interval() {
 }
 
 /// A `fleetload` child process, killed when dropped.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Process {
-    fn spawn(args: &[&str], env: &[(&str, String)]) -> Self {
+    pub(crate) fn spawn(args: &[&str], env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetload"));
         cmd.args(args);
         for (key, _) in std::env::vars() {
@@ -638,7 +651,7 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -647,7 +660,7 @@ fn free_port() -> u16 {
 }
 
 /// A `fleetload serve --workers 0` on `env`'s database, once it answers `/readyz`.
-async fn api_process(env: &[(&str, String)]) -> (Process, String) {
+pub(crate) async fn api_process(env: &[(&str, String)]) -> (Process, String) {
     let port = free_port();
     let mut env = env.to_vec();
     env.push(("FLEETLOAD_LISTEN", format!("127.0.0.1:{port}")));
