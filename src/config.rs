@@ -51,7 +51,14 @@ pub struct Settings {
 
     /// Seed the demo tenants, actions and workflows of SPEC §7 (always on for a new embedded
     /// database; idempotent).
-    #[arg(long, env = "FLEETLOAD_DEMO_DATA", global = true)]
+    /// Accepts `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off` (SPEC §7 writes `=1`).
+    #[arg(
+        long,
+        env = "FLEETLOAD_DEMO_DATA",
+        global = true,
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub demo_data: bool,
 
     /// S3 bucket for uploaded files; when set, objects go to S3 instead of the data dir.
@@ -257,6 +264,133 @@ pub struct Settings {
         global = true
     )]
     pub sweep_stale_secs: u64,
+
+    // ---- HTTP and GraphQL limits, worker pool isolation (issue #9, "Limits and abuse") ----
+    /// Largest request body `/graphql` reads, in bytes; more answers 413 `PAYLOAD_TOO_LARGE`.
+    #[arg(long, env = "FLEETLOAD_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// How long one GraphQL request may take, body included, in seconds (`REQUEST_TIMEOUT`).
+    #[arg(
+        long,
+        env = "FLEETLOAD_REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub request_timeout_secs: u64,
+
+    /// Deepest selection nesting a document may have (`QUERY_TOO_DEEP`).
+    #[arg(long, env = "FLEETLOAD_MAX_QUERY_DEPTH", default_value_t = 16, global = true)]
+    pub max_query_depth: usize,
+
+    /// Highest complexity a document may have; list fields count their `first` times their
+    /// selection (`QUERY_TOO_COMPLEX`).
+    #[arg(
+        long,
+        env = "FLEETLOAD_MAX_QUERY_COMPLEXITY",
+        default_value_t = 50_000,
+        global = true
+    )]
+    pub max_query_complexity: usize,
+
+    /// Most aliased fields in a document, fragments expanded (`TOO_MANY_ALIASES`).
+    #[arg(long, env = "FLEETLOAD_MAX_ALIASES", default_value_t = 100, global = true)]
+    pub max_aliases: usize,
+
+    /// Longest query text, in bytes (`QUERY_TOO_LARGE`): refused before it is parsed.
+    #[arg(long, env = "FLEETLOAD_MAX_QUERY_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_query_bytes: usize,
+
+    /// Complexity from which a query counts as heavy and waits for one of
+    /// `FLEETLOAD_HEAVY_QUERIES_AT_ONCE` slots, so that a flood of them cannot take the CPU.
+    #[arg(
+        long,
+        env = "FLEETLOAD_HEAVY_QUERY_COMPLEXITY",
+        default_value_t = 2_000,
+        global = true
+    )]
+    pub heavy_query_complexity: usize,
+
+    /// Heavy queries this process runs at once; the others wait in line (within the timeout).
+    #[arg(
+        long,
+        env = "FLEETLOAD_HEAVY_QUERIES_AT_ONCE",
+        default_value_t = 1,
+        global = true
+    )]
+    pub heavy_queries_at_once: usize,
+
+    /// Most fields and fragment spreads a document may expand to (`QUERY_TOO_LARGE`).
+    #[arg(
+        long,
+        env = "FLEETLOAD_MAX_QUERY_NODES",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub max_query_nodes: usize,
+
+    /// Most operations in one batched (JSON array) request (`BATCH_TOO_LARGE`).
+    #[arg(long, env = "FLEETLOAD_MAX_BATCH", default_value_t = 10, global = true)]
+    pub max_batch: usize,
+
+    /// Longest string argument or variable, in bytes (`ARGUMENT_TOO_LONG`).
+    #[arg(long, env = "FLEETLOAD_MAX_STRING_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_string_bytes: usize,
+
+    /// Introspection (`__schema`, `__type`): `on` for anyone, `token` for a valid token,
+    /// `off` for no one.
+    #[arg(long, env = "FLEETLOAD_INTROSPECTION", default_value = "on", global = true)]
+    pub introspection: IntrospectionPolicy,
+
+    /// Requests per second one client (token subject, else IP address) may send to `/graphql`;
+    /// 0 turns the rate limit off (`RATE_LIMITED`, HTTP 429).
+    #[arg(
+        long,
+        env = "FLEETLOAD_RATE_LIMIT_PER_SEC",
+        default_value_t = 0,
+        global = true
+    )]
+    pub rate_limit_per_sec: u32,
+
+    /// Requests a client may send at once above its rate.
+    #[arg(long, env = "FLEETLOAD_RATE_LIMIT_BURST", default_value_t = 50, global = true)]
+    pub rate_limit_burst: u32,
+
+    /// Database connections the API may use at once for one GraphQL request.
+    #[arg(
+        long,
+        env = "FLEETLOAD_DB_CONNECTIONS_PER_REQUEST",
+        default_value_t = 4,
+        global = true
+    )]
+    pub db_connections_per_request: usize,
+
+    /// How long an API request waits for a pooled connection before `SERVICE_BUSY`, in seconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_DB_ACQUIRE_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub db_acquire_timeout_secs: u64,
+
+    /// Connections in the pipeline's own pool (dispatcher, workers, webhook), apart from the
+    /// API's `FLEETLOAD_DB_MAX_CONNECTIONS`, so API load cannot starve processing.
+    #[arg(
+        long,
+        env = "FLEETLOAD_WORKER_DB_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub worker_db_max_connections: u32,
+}
+
+/// Who may introspect the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IntrospectionPolicy {
+    On,
+    Token,
+    Off,
 }
 
 impl Settings {

@@ -14,8 +14,34 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::config::Settings;
 
-/// Connects to `DATABASE_URL`, or to the SQLite file in the data dir.
+/// The API's pool: `FLEETLOAD_DB_MAX_CONNECTIONS` connections, and a short wait for one so that
+/// an exhausted pool answers `SERVICE_BUSY` instead of holding the request.
 pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let pool = Pool {
+        max_connections: settings.db_max_connections,
+        acquire_timeout: Duration::from_secs(settings.db_acquire_timeout_secs.max(1)),
+    };
+    connect_with(settings, pool).await
+}
+
+/// The pipeline's own pool (dispatcher, workers, webhook), apart from the API's so that no
+/// amount of API load takes the connections processing needs.
+pub async fn connect_workers(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let pool = Pool {
+        max_connections: settings.worker_db_max_connections,
+        acquire_timeout: Duration::from_secs(30),
+    };
+    connect_with(settings, pool).await
+}
+
+#[derive(Clone, Copy)]
+struct Pool {
+    max_connections: u32,
+    acquire_timeout: Duration,
+}
+
+/// Connects to `DATABASE_URL`, or to the SQLite file in the data dir.
+async fn connect_with(settings: &Settings, pool: Pool) -> anyhow::Result<DatabaseConnection> {
     let url = match &settings.database_url {
         Some(url) => url.expose_secret().to_owned(),
         None => {
@@ -25,13 +51,14 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
         }
     };
     if url.starts_with("sqlite:") {
-        connect_sqlite(&url, settings.db_max_connections).await
+        connect_sqlite(&url, pool).await
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        connect_postgres(&url, settings.db_max_connections).await
+        connect_postgres(&url, pool).await
     } else {
         let mut options = ConnectOptions::new(url);
         options
-            .max_connections(settings.db_max_connections)
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
             .sqlx_logging(false);
         sea_orm::Database::connect(options)
             .await
@@ -39,22 +66,22 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
     }
 }
 
-async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+async fn connect_postgres(url: &str, pool: Pool) -> anyhow::Result<DatabaseConnection> {
     // Statements are prepared once per connection. A generic plan cached while `devices` was
     // small keeps scanning it whole as it grows to millions of rows; planning each execution
     // against the table as it is now costs a fraction of a millisecond.
     let options = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
     let pool = PgPoolOptions::new()
-        .max_connections(max_connections.max(2))
+        .max_connections(pool.max_connections.max(2))
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(pool.acquire_timeout)
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;
     Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
 }
 
-async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<DatabaseConnection> {
+async fn connect_sqlite(url: &str, pool: Pool) -> anyhow::Result<DatabaseConnection> {
     // WAL lets readers proceed while one writer commits; the busy timeout makes concurrent
     // writers queue instead of failing. NORMAL sync is durable across process crashes in WAL.
     let options = SqliteConnectOptions::from_str(url)?
@@ -64,7 +91,8 @@ async fn connect_sqlite(url: &str, max_connections: u32) -> anyhow::Result<Datab
         .busy_timeout(Duration::from_secs(30))
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
-        .max_connections(max_connections.max(2))
+        .max_connections(pool.max_connections.max(2))
+        .acquire_timeout(pool.acquire_timeout)
         .connect_with(options)
         .await
         .context("opening the SQLite database")?;

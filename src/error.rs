@@ -42,6 +42,11 @@ pub enum ApiError {
     UploadNotFinished,
     #[error("{0}")]
     BadUserInput(String),
+    #[error("first must be at most {max}")]
+    FirstTooLarge { max: i32 },
+    /// The API's connection pool stayed exhausted: the client may retry later.
+    #[error("the server is busy; try again shortly")]
+    ServiceBusy,
     /// Anything the client cannot fix; the cause goes to the log only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -68,6 +73,8 @@ impl ApiError {
             Self::NothingToRetry => "NOTHING_TO_RETRY",
             Self::UploadNotFinished => "UPLOAD_NOT_FINISHED",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
+            Self::FirstTooLarge { .. } => "FIRST_TOO_LARGE",
+            Self::ServiceBusy => "SERVICE_BUSY",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -79,7 +86,24 @@ impl ApiError {
 
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
-        Self::Internal(err.into())
+        if is_pool_timeout(&err) {
+            tracing::warn!("API database pool exhausted");
+            Self::ServiceBusy
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
+/// A pool that stayed exhausted for its whole acquire timeout, however sea-orm wraps it.
+fn is_pool_timeout(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
+    match err {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(e, sqlx::Error::PoolTimedOut),
+        _ => false,
     }
 }
 

@@ -133,7 +133,9 @@ impl Application {
         let mut workers = self.pipeline.spawn(self.workers, stop.clone());
         workers.extend(spawn_webhook(self.webhook, stop.clone()));
         let stopping = stop.clone();
-        let served = axum::serve(self.listener, self.router)
+        // The peer address keys the per-IP rate limit of anonymous requests.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 stopping.cancel();
@@ -165,7 +167,10 @@ pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) 
 
 /// What both `serve` and `worker` are built from.
 pub struct Components {
+    /// The API's pool.
     pub db: DatabaseConnection,
+    /// The pipeline's pool: dispatcher, workers, webhook, progress notifications.
+    pub worker_db: DatabaseConnection,
     pub storage: Arc<dyn ObjectStore>,
     /// The local store's upload endpoint, when storage is local.
     pub storage_routes: Option<Router>,
@@ -188,6 +193,7 @@ impl Components {
         let mut db = db::connect(settings).await?;
         let statements = db::StatementCounter::attach(&mut db);
         db::migrate(&db).await?;
+        let worker_db = db::connect_workers(settings).await?;
         if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
             demo::seed(&db).await.context("seeding demo data")?;
             tracing::info!("demo data seeded");
@@ -207,7 +213,7 @@ impl Components {
             None => q,
         };
         let dispatch: Arc<dyn Queue> = Arc::new(owned(DbQueue::new(
-            db.clone(),
+            worker_db.clone(),
             DISPATCH_QUEUE,
             DEFAULT_MAX_ATTEMPTS,
         )));
@@ -221,16 +227,20 @@ impl Components {
                 Duration::from_secs(1),
             ),
             _ => (
-                Arc::new(owned(DbQueue::new(db.clone(), CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS))),
+                Arc::new(owned(DbQueue::new(
+                    worker_db.clone(),
+                    CHUNK_QUEUE,
+                    DEFAULT_MAX_ATTEMPTS,
+                ))),
                 Duration::ZERO,
             ),
         };
-        let progress = Arc::new(ProgressBus::for_database(&db));
-        let webhook = webhook(settings, &db)?;
+        let progress = Arc::new(ProgressBus::for_database(&worker_db));
+        let webhook = webhook(settings, &worker_db)?;
         let outbox = Outbox::new(webhook.is_some());
         let pipeline = Arc::new(
             Pipeline::new(
-                db.clone(),
+                worker_db.clone(),
                 storage.clone(),
                 dispatch,
                 chunks,
@@ -247,6 +257,7 @@ impl Components {
         );
         Ok(Self {
             db,
+            worker_db,
             storage,
             storage_routes,
             pipeline,

@@ -53,6 +53,15 @@ pub async fn current_identity(ctx: &Context<'_>) -> Result<Identity, ApiError> {
     }
 }
 
+/// A share of the request's database connections (see [`super::DbPermits`]), held while a
+/// resolver runs its statements; none when the transport set no bound.
+pub async fn db_permit(ctx: &Context<'_>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match ctx.data_opt::<super::DbPermits>() {
+        Some(permits) => permits.acquire().await,
+        None => None,
+    }
+}
+
 /// Resolver access to the caller and the shared state.
 pub trait RequestAuth {
     fn identity(&self) -> Result<&Identity, ApiError>;

@@ -37,6 +37,9 @@ impl Extension for ErrorCodes {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         next.run(ctx, query, variables).await.map_err(|mut e| {
+            if e.message.starts_with("The recursion depth of the query") {
+                set_code_if_missing(&mut e, "QUERY_TOO_DEEP");
+            }
             set_code_if_missing(&mut e, "GRAPHQL_PARSE_FAILED");
             e
         })
@@ -49,6 +52,12 @@ impl Extension for ErrorCodes {
     ) -> Result<ValidationResult, Vec<ServerError>> {
         next.run(ctx).await.map_err(|mut errors| {
             for e in &mut errors {
+                // async-graphql's own limits, told apart by their fixed messages.
+                match e.message.as_str() {
+                    "Query is too complex." => set_code_if_missing(e, "QUERY_TOO_COMPLEX"),
+                    "Query is nested too deep." => set_code_if_missing(e, "QUERY_TOO_DEEP"),
+                    _ => {}
+                }
                 set_code_if_missing(e, "GRAPHQL_VALIDATION_FAILED");
             }
             errors

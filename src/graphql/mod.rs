@@ -3,6 +3,8 @@
 mod admin;
 mod context;
 mod error_codes;
+pub mod limits;
+mod request_guard;
 mod results_mutation;
 mod scalars;
 mod subscription;
@@ -14,6 +16,7 @@ mod upload_results;
 use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
 pub use context::{Auth, PresentedToken, RequestAuth};
+pub use request_guard::{DbPermits, Executed};
 pub use scalars::{AwsDateTime, AwsJson};
 pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 
@@ -38,10 +41,34 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         .extension(error_codes::ErrorCodes)
 }
 
-/// The schema of a running server.
+/// The schema of a running server, with the limits of its settings.
 pub fn build_schema(state: crate::state::AppState) -> AppSchema {
+    let settings = state.settings.clone();
     let recent_errors = upload_results::RecentErrors::loader(state.db.clone());
-    schema_builder().data(state).data(recent_errors).finish()
+    let mut builder = schema_builder()
+        .extension(request_guard::RequestGuard {
+            shape: limits::ShapeLimits {
+                max_nodes: settings.max_query_nodes as u64,
+                max_aliases: settings.max_aliases as u64,
+                max_string_bytes: settings.max_string_bytes,
+            },
+            max_query_bytes: settings.max_query_bytes,
+            introspection: settings.introspection,
+            heavy_complexity: settings.heavy_query_complexity,
+            heavy: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.heavy_queries_at_once.max(1))),
+        })
+        .limit_depth(settings.max_query_depth)
+        .limit_complexity(settings.max_query_complexity)
+        // The parser's own nesting bound, a little above the depth limit so that the depth
+        // limit is what a client meets.
+        .limit_recursive_depth(settings.max_query_depth.saturating_mul(2).max(32))
+        .limit_directives(16)
+        .data(state)
+        .data(recent_errors);
+    if settings.introspection == crate::config::IntrospectionPolicy::Off {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
 }
 
 /// The SDL that `schema.graphql` holds and `fleetload schema` prints.

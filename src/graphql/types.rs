@@ -122,6 +122,7 @@ impl Upload {
     }
     /// The result rows by row number, `first` (default 20, at most 500) after the cursor
     /// `after`. Filters are exact; an `errorCode` matches FAIL rows only.
+    #[graphql(complexity = "super::upload_query::list_complexity(first, child_complexity)")]
     async fn results(
         &self,
         ctx: &Context<'_>,

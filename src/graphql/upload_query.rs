@@ -5,7 +5,7 @@ use async_graphql::{Context, Object, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::context::RequestAuth;
+use super::context::{RequestAuth, db_permit};
 use super::types::{Upload, UploadStatus};
 use crate::access;
 use crate::auth::Permission;
@@ -39,6 +39,7 @@ impl UploadQuery {
     ) -> GqlResult<Option<Upload>> {
         async {
             let app = ctx.app()?;
+            let _permit = db_permit(ctx).await;
             let scope = access::authorize(&app.db, ctx.identity()?, &tenant_id, Permission::Read).await?;
             Ok(uploads::find_visible(&app.db, &scope, &upload_id)
                 .await?
@@ -49,6 +50,7 @@ impl UploadQuery {
     }
 
     /// Uploads of `tenantId` and its workspaces, newest first.
+    #[graphql(complexity = "list_complexity(first, child_complexity)")]
     async fn uploads(
         &self,
         ctx: &Context<'_>,
@@ -59,8 +61,9 @@ impl UploadQuery {
     ) -> GqlResult<UploadConnection> {
         async {
             let app = ctx.app()?;
-            let scope = access::authorize(&app.db, ctx.identity()?, &tenant_id, Permission::Read).await?;
             let first = page_size(first)?;
+            let _permit = db_permit(ctx).await;
+            let scope = access::authorize(&app.db, ctx.identity()?, &tenant_id, Permission::Read).await?;
             let after = after.as_deref().map(decode_cursor).transpose()?;
             let page = uploads::list(&app.db, &scope, first, after, status.map(Into::into)).await?;
             let mut connection = UploadConnection::with_additional_fields(
@@ -91,10 +94,18 @@ impl UploadQuery {
 pub fn page_size(first: Option<i32>) -> Result<u64, ApiError> {
     match first.unwrap_or(DEFAULT_PAGE) {
         n @ 0..=MAX_PAGE => Ok(n as u64),
+        n if n > MAX_PAGE => Err(ApiError::FirstTooLarge { max: MAX_PAGE }),
         _ => Err(ApiError::BadUserInput(format!(
             "first must be between 0 and {MAX_PAGE}"
         ))),
     }
+}
+
+/// A page costs its selection once per item it may hold, so the complexity limit sees
+/// `results(first: 500)` as 500 rows.
+pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize;
+    items.saturating_mul(child_complexity).saturating_add(1)
 }
 
 /// Cursors are opaque to clients: base64 of the position they stand for.

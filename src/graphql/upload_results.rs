@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use entity::upload;
 use sea_orm::DatabaseConnection;
 
-use super::context::RequestAuth;
+use super::context::{RequestAuth, db_permit};
 use super::types::{BatchResult, FileDownload, Outcome, UploadProgress};
 use super::upload_query::page_size;
 use crate::error::{ApiError, GqlResult, IntoGql};
@@ -31,9 +31,12 @@ pub struct ResultTotals {
 impl ResultTotals {
     /// How many results match the filters, across all pages.
     async fn total_count(&self, ctx: &Context<'_>) -> GqlResult<i64> {
-        async { uploads::results::count(&ctx.app()?.db, &self.upload, &self.filter).await }
-            .await
-            .gql()
+        async {
+            let _permit = db_permit(ctx).await;
+            uploads::results::count(&ctx.app()?.db, &self.upload, &self.filter).await
+        }
+        .await
+        .gql()
     }
 }
 
@@ -55,7 +58,10 @@ pub async fn results(
             outcome: outcome.map(Into::into),
             error_code,
         };
-        let page = uploads::results::page(&ctx.app()?.db, upload.id, &filter, first, after).await?;
+        let page = {
+            let _permit = db_permit(ctx).await;
+            uploads::results::page(&ctx.app()?.db, upload.id, &filter, first, after).await?
+        };
         let mut connection = BatchResultConnection::with_additional_fields(
             after.is_some(),
             page.has_next,
@@ -97,6 +103,7 @@ pub async fn progress(ctx: &Context<'_>, upload: &upload::Model) -> GqlResult<Up
 /// `Upload.errorReport`.
 pub async fn error_report(ctx: &Context<'_>, upload: &upload::Model) -> GqlResult<Option<FileDownload>> {
     async {
+        let _permit = db_permit(ctx).await;
         let link = uploads::error_report(ctx.app()?, upload).await?;
         Ok(link.map(|l| FileDownload {
             url: l.url,

@@ -25,6 +25,8 @@ const ACCESS_KEY_ID: &str = "fleetload-local";
 const REGION: &str = "local";
 /// Room for the form's other fields around the file.
 const FORM_OVERHEAD: u64 = 64 * 1024;
+/// How long a refused upload's remaining bytes are read before the connection is dropped.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct LocalStore {
     root: PathBuf,
@@ -63,7 +65,7 @@ impl LocalStore {
             .with_state(self)
     }
 
-    async fn receive(&self, mut form: Multipart) -> Result<(), S3Error> {
+    async fn receive(&self, form: &mut Multipart) -> Result<(), S3Error> {
         let mut fields = BTreeMap::new();
         while let Some(field) = form.next_field().await.map_err(S3Error::from_multipart)? {
             let name = field.name().unwrap_or_default().to_owned();
@@ -134,12 +136,28 @@ impl LocalStore {
     }
 }
 
-async fn post_object(State(store): State<Arc<LocalStore>>, form: Multipart) -> Response {
-    match store.receive(form).await {
+async fn post_object(State(store): State<Arc<LocalStore>>, mut form: Multipart) -> Response {
+    match store.receive(&mut form).await {
         // S3's default `success_action_status`.
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => err.into_response(),
+        Err(err) => {
+            tokio::spawn(drain(form));
+            err.into_response()
+        }
     }
+}
+
+/// Reads and discards what is left of a refused form while its response goes out. A server
+/// that closes a connection with unread bytes makes the kernel reset it, and a browser still
+/// sending its file then shows a network error instead of the S3 error. The body limit of the
+/// route (the largest upload plus the form) and a deadline bound the work.
+async fn drain(mut form: Multipart) {
+    let rest = async {
+        while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(_)) = field.chunk().await {}
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, rest).await;
 }
 
 /// The query string of a signed download link.

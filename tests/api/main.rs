@@ -10,6 +10,8 @@ mod auth;
 mod cancel;
 mod error_report;
 mod finalize;
+mod http_conformance;
+mod limits;
 mod pipeline;
 mod prepare;
 mod processes;

@@ -107,6 +107,6 @@ on_both_backends! {
         let bad_cursor = app.gql(Some(&app.alice()), UPLOADS, json!({"t": "demo", "after": "not-a-cursor"})).await;
         assert_eq!(error_code(&bad_cursor), "BAD_USER_INPUT");
         let too_many = app.gql(Some(&app.alice()), UPLOADS, json!({"t": "demo", "first": 100000})).await;
-        assert_eq!(error_code(&too_many), "BAD_USER_INPUT");
+        assert_eq!(error_code(&too_many), "FIRST_TOO_LARGE");
     }
 }

@@ -1,36 +1,47 @@
 //! HTTP routes: GraphQL over HTTP, GraphiQL, health probes and (embedded) the object store.
 
+mod graphql_http;
+pub mod media;
+pub mod rate_limit;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
-use axum::extract::{FromRequest, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::graphql::{AppSchema, Auth};
+use crate::graphql::AppSchema;
 use crate::state::AppState;
 
 #[derive(Clone)]
 struct Http {
     app: AppState,
     schema: AppSchema,
+    limiter: Option<Arc<rate_limit::RateLimiter>>,
 }
 
 pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router {
     let cors = cors(&app.settings.cors_origins);
+    let limiter =
+        rate_limit::RateLimiter::new(app.settings.rate_limit_per_sec, app.settings.rate_limit_burst);
     let mut router = Router::new()
         .route("/", get(graphiql))
-        .route("/graphql", get(graphql_get).post(graphql))
+        .route("/graphql", get(graphql_get).post(graphql_http::post))
         .route("/graphql/realtime", get(realtime))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Http { app, schema });
+        .with_state(Http {
+            app,
+            schema,
+            limiter: limiter.map(Arc::new),
+        });
     if let Some(extra) = extra {
         router = router.merge(extra);
     }
@@ -38,9 +49,12 @@ pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
+    // `allow-headers: *` does not cover `Authorization` (Fetch standard), so the preflight's
+    // own list is answered: Apollo and AppSync clients send headers of their own
+    // (`x-api-key`, `x-amz-*`, `apollo-require-preflight`, …) besides it.
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(Any)
+        .allow_headers(AllowHeaders::mirror_request())
         .max_age(Duration::from_secs(600));
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
@@ -50,22 +64,12 @@ fn cors(origins: &[String]) -> CorsLayer {
     }
 }
 
-async fn graphql(State(http): State<Http>, headers: HeaderMap, request: GraphQLRequest) -> GraphQLResponse {
-    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let auth = Auth::from_header(&http.app.verifier, header).await;
-    http.schema.execute(request.into_inner().data(auth)).await.into()
-}
-
 /// GraphQL over HTTP GET, or a WebSocket upgrade to one of the subscription protocols.
 async fn graphql_get(State(http): State<Http>, request: axum::extract::Request) -> axum::response::Response {
     if crate::websocket::is_upgrade(request.headers()) {
         return crate::websocket::graphql_ws::accept(http.app, http.schema, request).await;
     }
-    let headers = request.headers().clone();
-    match GraphQLRequest::from_request(request, &()).await {
-        Ok(query) => graphql(State(http), headers, query).await.into_response(),
-        Err(rejection) => rejection.into_response(),
-    }
+    graphql_http::get(http, request).await
 }
 
 /// AppSync's real-time WebSocket flavour.
