@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_tables;
 mod m20261123_000002_create_upload_chunks;
 mod m20261124_000001_add_error_report_key;
+mod m20261201_000004_reports_chunks_catalog;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_tables::Migration),
             Box::new(m20261123_000002_create_upload_chunks::Migration),
             Box::new(m20261124_000001_add_error_report_key::Migration),
+            Box::new(m20261201_000004_reports_chunks_catalog::Migration),
         ]
     }
 }
