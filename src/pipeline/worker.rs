@@ -502,10 +502,10 @@ fn result_of(decision: &Decision) -> (&'static str, Option<String>, Option<Strin
 }
 
 /// Adds this chunk's counts and, when they reach the total, completes the upload in the same
-/// statement (queuing its error report when a row failed: the background builder's job
-/// exists exactly when the terminal state does). Concurrent chunks serialise on the upload's row, so each sees the others'
-/// committed counts and exactly one of them completes it. `None` when the upload left
-/// PROCESSING meanwhile.
+/// statement, queuing its error report when a row failed (so the report is due exactly when
+/// the terminal state exists). Concurrent chunks serialise on the upload's row, so each sees
+/// the others' committed counts and exactly one of them completes it. `None` when the upload
+/// left PROCESSING meanwhile.
 async fn add_to_counters(
     txn: &DatabaseTransaction,
     upload_id: i64,

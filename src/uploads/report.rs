@@ -82,6 +82,18 @@ impl ReportBuilder {
     /// Returns the upload id and the attempt number.
     pub async fn claim(&self) -> Result<Option<(i64, i32)>, DbErr> {
         let backend = self.db.get_database_backend();
+        let now = Utc::now();
+        // A read first: an idle builder polls without taking SQLite's write lock.
+        const DUE: &str = "SELECT id FROM uploads WHERE report_due_at IS NOT NULL AND report_due_at <= $1 \
+                           AND report_status = 'PENDING' LIMIT 1";
+        if self
+            .db
+            .query_one(crate::db::stmt(backend, DUE, [now.into()]))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
         // PostgreSQL: concurrent builders pass over each other's row instead of waiting.
         // SQLite runs one writer at a time, so the UPDATE is atomic as it stands.
         let lock = if backend == DbBackend::Postgres {
@@ -96,7 +108,6 @@ impl ReportBuilder {
              AND report_due_at <= $1 AND report_status = 'PENDING' \
              RETURNING id, report_attempts"
         );
-        let now = Utc::now();
         let row = self
             .db
             .query_one(crate::db::stmt(
