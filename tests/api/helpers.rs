@@ -452,7 +452,7 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         use sqlx::Connection;
         let admin_url = std::env::var("FLEETLOAD_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

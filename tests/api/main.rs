@@ -12,6 +12,7 @@ mod chunk_identity;
 mod error_report;
 mod finalize;
 mod lock_order;
+mod migration_04;
 mod pipeline;
 mod prepare;
 mod processes;
