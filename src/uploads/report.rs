@@ -28,10 +28,21 @@ pub async fn error_report(
     upload: &upload::Model,
 ) -> Result<Option<SignedDownload>, ApiError> {
     let Some(key) = ready_key(upload) else {
+        if upload.report_status == Some(ReportStatus::Pending) {
+            // Asked before it is built: wake this process's builder (if it runs one) rather
+            // than merge here. Wakes coalesce, so a page of 500 pending reports is one wake.
+            nudge().notify_one();
+        }
         return Ok(None);
     };
     let ttl = Duration::from_secs(state.settings.download_url_ttl_secs.max(1));
     Ok(Some(state.storage.presign_get(key, ttl).await?))
+}
+
+/// Wakes an idle builder of this process early.
+fn nudge() -> &'static tokio::sync::Notify {
+    static NUDGE: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    NUDGE.get_or_init(tokio::sync::Notify::new)
 }
 
 /// The stored report's key, when it is built.
@@ -215,6 +226,7 @@ impl ReportBuilder {
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {},
+                () = nudge().notified() => {},
                 () = shutdown.cancelled() => break,
             }
         }
