@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::storage::{ObjectStore, SignedDownload, error_report_key};
 
-/// Attempts before a report is given up (`FAILED`); with the backoff below, about an hour.
+/// Attempts before a report is given up (`FAILED`); with the backoff below, about ten minutes.
 pub const MAX_ATTEMPTS: i32 = 8;
 
 /// A download link of `upload`'s error report, once built; `None` before (not finished, no
