@@ -82,18 +82,20 @@ pub fn check_action_shape(
     }
 }
 
-/// Inserts `model` unless its id is taken; a taken id → `ALREADY_EXISTS`.
-async fn insert_new<A>(
+/// Inserts `model` unless its key is taken; a taken key → `ALREADY_EXISTS`. Catalog keys
+/// include the customer's root tenant, so the answer only ever speaks of the caller's own ids.
+async fn insert_new<A, C>(
     db: &impl ConnectionTrait,
     model: A,
-    id_column: impl sea_orm::sea_query::IntoIden,
+    key_columns: impl IntoIterator<Item = C>,
 ) -> Result<(), ApiError>
 where
     A: ActiveModelTrait + Send,
     <A::Entity as EntityTrait>::Model: sea_orm::IntoActiveModel<A>,
+    C: sea_orm::sea_query::IntoIden,
 {
     let inserted = <A::Entity as EntityTrait>::insert(model)
-        .on_conflict(OnConflict::column(id_column).do_nothing().to_owned())
+        .on_conflict(OnConflict::columns(key_columns).do_nothing().to_owned())
         .exec_without_returning(db)
         .await?;
     if inserted == 0 {
@@ -121,7 +123,7 @@ pub async fn create_tenant(
         parent_id: Some(parent_id.to_owned()),
         created_at: Utc::now(),
     };
-    insert_new(db, tenant::ActiveModel::from(model.clone()), tenant::Column::Id).await?;
+    insert_new(db, tenant::ActiveModel::from(model.clone()), [tenant::Column::Id]).await?;
     Ok(model)
 }
 
@@ -179,8 +181,9 @@ pub async fn create_action(
     identity: &Identity,
     new: NewAction<'_>,
 ) -> Result<action::Model, ApiError> {
-    access::authorize(db, identity, new.tenant_id, Permission::Admin).await?;
+    let scope = access::authorize(db, identity, new.tenant_id, Permission::Admin).await?;
     let model = action::Model {
+        root_tenant_id: root_of(&scope),
         id: match new.id {
             Some(id) => check_id(id)?,
             None => uuid::Uuid::now_v7().to_string(),
@@ -191,7 +194,12 @@ pub async fn create_action(
         target_service_type: check_action_shape(new.kind, new.target_service_type)?,
         created_at: Utc::now(),
     };
-    insert_new(db, action::ActiveModel::from(model.clone()), action::Column::Id).await?;
+    insert_new(
+        db,
+        action::ActiveModel::from(model.clone()),
+        [action::Column::RootTenantId, action::Column::Id],
+    )
+    .await?;
     Ok(model)
 }
 
@@ -201,7 +209,10 @@ async fn owned_action(
     identity: &Identity,
     id: &str,
 ) -> Result<action::Model, ApiError> {
-    let action = Action::find_by_id(id)
+    let Some(root) = tree_root(db, identity).await? else {
+        return Err(ApiError::ActionNotFound);
+    };
+    let action = Action::find_by_id((root, id.to_owned()))
         .one(db)
         .await?
         .ok_or(ApiError::ActionNotFound)?;
@@ -236,6 +247,7 @@ pub async fn delete_action(db: &impl ConnectionTrait, identity: &Identity, id: &
     let action = owned_action(db, identity, id).await?;
     let in_use = Upload::find()
         .filter(upload::Column::ActionId.eq(action.id.as_str()))
+        .filter(upload::Column::TenantId.is_in(access::subtree(db, &action.root_tenant_id).await?))
         .filter(upload::Column::Status.is_in(UNFINISHED))
         .count(db)
         .await?;
@@ -244,7 +256,9 @@ pub async fn delete_action(db: &impl ConnectionTrait, identity: &Identity, id: &
             "{in_use} unfinished upload(s) use this action"
         )));
     }
-    Action::delete_by_id(action.id).exec(db).await?;
+    Action::delete_by_id((action.root_tenant_id, action.id))
+        .exec(db)
+        .await?;
     Ok(())
 }
 
@@ -270,8 +284,9 @@ pub async fn create_workflow(
     name: &str,
     service_type: i32,
 ) -> Result<workflow::Model, ApiError> {
-    access::authorize(db, identity, tenant_id, Permission::Admin).await?;
+    let scope = access::authorize(db, identity, tenant_id, Permission::Admin).await?;
     let model = workflow::Model {
+        root_tenant_id: root_of(&scope),
         id: match id {
             Some(id) => check_workflow_id(id)?,
             None => new_workflow_id(),
@@ -284,7 +299,7 @@ pub async fn create_workflow(
     insert_new(
         db,
         workflow::ActiveModel::from(model.clone()),
-        workflow::Column::Id,
+        [workflow::Column::RootTenantId, workflow::Column::Id],
     )
     .await?;
     Ok(model)
@@ -295,7 +310,10 @@ async fn owned_workflow(
     identity: &Identity,
     id: &str,
 ) -> Result<workflow::Model, ApiError> {
-    let workflow = Workflow::find_by_id(id)
+    let Some(root) = tree_root(db, identity).await? else {
+        return Err(ApiError::WorkflowNotFound);
+    };
+    let workflow = Workflow::find_by_id((root, id.to_owned()))
         .one(db)
         .await?
         .ok_or(ApiError::WorkflowNotFound)?;
@@ -325,8 +343,11 @@ pub async fn delete_workflow(
     id: &str,
 ) -> Result<(), ApiError> {
     let workflow = owned_workflow(db, identity, id).await?;
+    // Another customer may use the same workflow id for a workflow of its own.
+    let customer = access::subtree(db, &workflow.root_tenant_id).await?;
     let devices = Device::find()
         .filter(device::Column::WorkflowId.eq(workflow.id.as_str()))
+        .filter(device::Column::TenantId.is_in(customer.clone()))
         .count(db)
         .await?;
     if devices > 0 {
@@ -336,6 +357,7 @@ pub async fn delete_workflow(
     }
     let uploads = Upload::find()
         .filter(upload::Column::WorkflowId.eq(workflow.id.as_str()))
+        .filter(upload::Column::TenantId.is_in(customer))
         .filter(upload::Column::Status.is_in(UNFINISHED))
         .count(db)
         .await?;
@@ -344,7 +366,9 @@ pub async fn delete_workflow(
             "{uploads} unfinished upload(s) use this workflow"
         )));
     }
-    Workflow::delete_by_id(workflow.id).exec(db).await?;
+    Workflow::delete_by_id((workflow.root_tenant_id, workflow.id))
+        .exec(db)
+        .await?;
     Ok(())
 }
 
@@ -360,6 +384,20 @@ pub async fn workflows(
         .order_by_asc(workflow::Column::Id)
         .all(db)
         .await?)
+}
+
+/// The root of the tree `scope` lies in: the customer its catalog entries belong to.
+fn root_of(scope: &access::TenantScope) -> String {
+    scope
+        .ancestry
+        .last()
+        .cloned()
+        .unwrap_or_else(|| scope.tenant_id.clone())
+}
+
+/// The root of the caller's tenant tree; `None` when the caller's tenant does not exist.
+async fn tree_root(db: &impl ConnectionTrait, identity: &Identity) -> Result<Option<String>, ApiError> {
+    Ok(access::ancestry(db, &identity.root_tenant).await?.pop())
 }
 
 const UNFINISHED: [UploadStatus; 3] = [

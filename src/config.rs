@@ -394,15 +394,14 @@ pub enum IntrospectionPolicy {
 }
 
 impl Settings {
-    /// Settings as if no flag and no variable were given, rooted at `data_dir`.
+    /// Settings as if no flag and no variable were given, rooted at `data_dir`. The
+    /// environment is ignored, so tests and embedders get the same settings on every machine.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            settings: Settings,
-        }
-        let mut settings = Only::parse_from(["fleetload"]).settings;
+        use clap::FromArgMatches;
+        let matches = defaults_only_command()
+            .try_get_matches_from(["fleetload"])
+            .expect("every setting has a default or is optional");
+        let mut settings = Self::from_arg_matches(&matches).expect("defaults parse as settings");
         settings.data_dir = data_dir.into();
         settings
     }
@@ -418,5 +417,66 @@ impl Settings {
 
     pub fn objects_dir(&self) -> PathBuf {
         self.data_dir.join("objects")
+    }
+}
+
+/// The settings' command line with every `env = …` removed: only flags and defaults count.
+fn defaults_only_command() -> clap::Command {
+    Settings::augment_args(clap::Command::new("fleetload")).mut_args(|arg| arg.env(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_command_reads_no_environment_variable() {
+        let command = defaults_only_command();
+        let with_env: Vec<_> = command
+            .get_arguments()
+            .filter(|a| a.get_env().is_some())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(with_env.is_empty(), "{with_env:?}");
+        // The reset must not drop the settings themselves.
+        assert!(command.get_arguments().any(|a| a.get_id() == "chunk_size"));
+    }
+
+    /// Runs in a child process with `FLEETLOAD_*` set (changing this process's environment
+    /// is unsound while other test threads run): the child checks that nothing leaked in.
+    #[test]
+    fn embedded_settings_ignore_fleetload_variables() {
+        const CHILD: &str = "FLEETLOAD_TEST_EMBEDDED_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let settings = Settings::embedded("/tmp/x");
+            assert_eq!(settings.chunk_size, 2000);
+            assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+            assert!(settings.database_url.is_none());
+            assert!(!settings.demo_data);
+            assert_eq!(settings.jwt_audience, "fleetload");
+            return;
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "config::tests::embedded_settings_ignore_fleetload_variables",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("FLEETLOAD_CHUNK_SIZE", "7")
+            .env("FLEETLOAD_LISTEN", "0.0.0.0:1")
+            .env("DATABASE_URL", "postgres://elsewhere/db")
+            .env("FLEETLOAD_DEMO_DATA", "true")
+            .env("FLEETLOAD_JWT_AUDIENCE", "other")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        // The filter matched the test (it did not pass by running nothing).
+        assert!(out.contains("1 passed"), "{out}");
     }
 }

@@ -64,6 +64,7 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
             ("deregister", "Deregister", ActionKind::Deregister, None),
         ] {
             actions.push(action::ActiveModel {
+                root_tenant_id: Set(tenant.into()),
                 id: Set(format!("{prefix}{id}")),
                 tenant_id: Set(tenant.into()),
                 name: Set(name.into()),
@@ -74,7 +75,11 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
         }
     }
     Action::insert_many(actions)
-        .on_conflict(OnConflict::column(action::Column::Id).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::columns([action::Column::RootTenantId, action::Column::Id])
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(&txn)
         .await?;
 
@@ -84,6 +89,7 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
         (ACME_PREPAID, ACME, "Acme Prepaid", PREPAID),
     ]
     .map(|(id, tenant, name, service_type)| workflow::ActiveModel {
+        root_tenant_id: Set(tenant.into()),
         id: Set(id.into()),
         tenant_id: Set(tenant.into()),
         name: Set(name.into()),
@@ -91,7 +97,11 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
         created_at: Set(now),
     });
     Workflow::insert_many(workflows)
-        .on_conflict(OnConflict::column(workflow::Column::Id).do_nothing().to_owned())
+        .on_conflict(
+            OnConflict::columns([workflow::Column::RootTenantId, workflow::Column::Id])
+                .do_nothing()
+                .to_owned(),
+        )
         .exec_without_returning(&txn)
         .await?;
 

@@ -40,6 +40,8 @@ pub enum ApiError {
     NothingToRetry,
     #[error("the upload has not finished processing yet")]
     UploadNotFinished,
+    #[error("a retry of this upload is being prepared; try again in a moment")]
+    RetryInProgress,
     #[error("{0}")]
     BadUserInput(String),
     #[error("first must be at most {max}")]
@@ -72,6 +74,7 @@ impl ApiError {
             Self::UploadAlreadyFinished => "UPLOAD_ALREADY_FINISHED",
             Self::NothingToRetry => "NOTHING_TO_RETRY",
             Self::UploadNotFinished => "UPLOAD_NOT_FINISHED",
+            Self::RetryInProgress => "RETRY_IN_PROGRESS",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::FirstTooLarge { .. } => "FIRST_TOO_LARGE",
             Self::ServiceBusy => "SERVICE_BUSY",

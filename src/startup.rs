@@ -132,6 +132,9 @@ impl Application {
         let stop = CancellationToken::new();
         let mut workers = self.pipeline.spawn(self.workers, stop.clone());
         workers.extend(spawn_webhook(self.webhook, stop.clone()));
+        if self.workers > 0 {
+            workers.push(spawn_reports(&self.state.db, &self.state.storage, stop.clone()));
+        }
         let stopping = stop.clone();
         // The peer address keys the per-IP rate limit of anonymous requests.
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
@@ -159,6 +162,7 @@ pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) 
     let stop = CancellationToken::new();
     let mut handles = parts.pipeline.spawn(workers, stop.clone());
     handles.extend(spawn_webhook(parts.webhook, stop.clone()));
+    handles.push(spawn_reports(&parts.db, &parts.storage, stop.clone()));
     shutdown_signal().await;
     stop.cancel();
     futures::future::join_all(handles).await;
@@ -289,6 +293,17 @@ fn webhook(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<Optio
 /// The webhook delivery loop, apart from the workers so a slow receiver never holds them.
 fn spawn_webhook(webhook: Option<Arc<WebhookDeliverer>>, stop: CancellationToken) -> Option<JoinHandle<()>> {
     webhook.map(|deliverer| tokio::spawn(async move { deliverer.run(stop).await }))
+}
+
+/// The error-report builder: every process that runs workers builds the reports of the
+/// uploads that ended with failures (hardening: reports, retries and catalog ids).
+fn spawn_reports(
+    db: &DatabaseConnection,
+    storage: &Arc<dyn ObjectStore>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let builder = crate::uploads::ReportBuilder::new(db.clone(), storage.clone());
+    tokio::spawn(async move { builder.run(stop).await })
 }
 
 async fn storage(

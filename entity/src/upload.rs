@@ -84,6 +84,30 @@ pub struct Model {
     /// Object-store key of the error report, once generated (it never changes afterwards:
     /// only terminal uploads get one).
     pub error_report_key: Option<String>,
+    /// Rows per chunk job, recorded by the first dispatch so every later one cuts the same
+    /// chunks (chunk numbers are the workers' idempotency key).
+    pub chunk_size: Option<i32>,
+    /// The error report's state: null while none is due (not finished, or nothing failed),
+    /// then `PENDING` (queued with the terminal state), `READY` or `FAILED` (given up).
+    pub report_status: Option<ReportStatus>,
+    /// When the background builder may (next) take the report: due while pending, pushed
+    /// ahead as the lease of a builder at work and as the backoff after a failed attempt.
+    pub report_due_at: Option<DateTimeUtc>,
+    /// Builder attempts so far.
+    pub report_attempts: i32,
+}
+
+/// Where an upload's error report stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReportStatus {
+    #[sea_orm(string_value = "PENDING")]
+    Pending,
+    #[sea_orm(string_value = "READY")]
+    Ready,
+    #[sea_orm(string_value = "FAILED")]
+    Failed,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -6,6 +6,7 @@ mod m20261123_000001_create_tables;
 mod m20261123_000002_create_upload_chunks;
 mod m20261124_000001_add_error_report_key;
 mod m20261201_000003_job_settlement;
+mod m20261201_000004_reports_chunks_catalog;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_upload_chunks::Migration),
             Box::new(m20261124_000001_add_error_report_key::Migration),
             Box::new(m20261201_000003_job_settlement::Migration),
+            Box::new(m20261201_000004_reports_chunks_catalog::Migration),
         ]
     }
 }

@@ -12,10 +12,12 @@ pub struct ResultsMutation;
 
 #[Object]
 impl ResultsMutation {
-    /// A new upload (PREPARED) of a finished upload's failed rows: same tenant, action,
-    /// workflow and options, its file already stored (the original header and lines of the
-    /// failed rows), so the client only finalizes it. `UPLOAD_NOT_FINISHED` while the upload
-    /// is still processing, `NOTHING_TO_RETRY` when no row failed.
+    /// A new upload (PREPARED) of a finished upload's rows that did not succeed: same
+    /// tenant, action, workflow and options, its file already stored (the original header
+    /// and lines of the failed rows and, for a CANCELLED or FAILED upload, of the rows it
+    /// never processed), so the client only finalizes it. `UPLOAD_NOT_FINISHED` while the
+    /// upload is still processing, `NOTHING_TO_RETRY` when every row succeeded (or the file
+    /// was never read), `RETRY_IN_PROGRESS` while another request retries the same upload.
     async fn retry_failed_rows(
         &self,
         ctx: &Context<'_>,

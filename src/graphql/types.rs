@@ -134,11 +134,29 @@ impl Upload {
         upload_results::results(ctx, &self.0, first, after, outcome, error_code).await
     }
     /// A CSV of the failed rows: the file's header and each failed row as written, plus
-    /// `rowNumber,errorCode,message`. Null until the upload has finished, and null when no
-    /// row failed. The link expires (`expiresAt`); ask again for a fresh one.
+    /// `rowNumber,errorCode,message`. Null until the upload has finished and its report is
+    /// built (in the background, moments after the end: see `errorReportStatus`), and null
+    /// when no row failed. The link expires (`expiresAt`); ask again for a fresh one.
     async fn error_report(&self, ctx: &Context<'_>) -> GqlResult<Option<FileDownload>> {
         upload_results::error_report(ctx, &self.0).await
     }
+    /// Where the error report stands: null while none is due (not finished, or no row
+    /// failed), PENDING while it is being built, then READY (`errorReport` gives the link) or
+    /// FAILED (it could not be built; the results are still all there).
+    async fn error_report_status(&self) -> Option<ErrorReportStatus> {
+        self.0.report_status.map(Into::into)
+    }
+}
+
+/// Where an upload's error report stands.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::upload::ReportStatus")]
+pub enum ErrorReportStatus {
+    /// Queued or being built; `errorReport` is null until it is ready.
+    Pending,
+    Ready,
+    /// Could not be built after several attempts.
+    Failed,
 }
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,15 +4,15 @@
 //! the file): pass 1 checks the whole file and counts its rows, so a bad file fails the
 //! upload before any result exists; pass 2 marks later repeats of a device key and sends the
 //! rows in chunks. Re-running it (a redelivered job, a dispatcher that died) sends the same
-//! chunks again, which the workers ignore.
+//! chunks again, which the workers ignore: the chunk size is recorded on the upload by the
+//! first dispatch and every later one uses it, whatever its own process is configured with.
 
 use std::collections::HashSet;
 
 use chrono::Utc;
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 
 use super::csv_file::{self, CsvFile, FileError};
 use crate::domain::DeviceType;
@@ -99,35 +99,55 @@ impl Dispatcher<'_> {
                 Err(e) if e.is_transient() => return Err(DispatchError::Read(e)),
                 Err(e) => return self.reject(&upload, e.to_string()).await,
             };
-        if !self.start(&upload, rows).await? {
+        let Some(chunk_size) = self.start(&upload, rows).await? else {
             let now = Upload::find_by_id(upload_id)
                 .one(self.db)
                 .await?
                 .map_or(UploadStatus::Failed, |u| u.status);
             return Ok(DispatchOutcome::Skipped(now));
+        };
+        if chunk_size != self.chunk_size {
+            tracing::info!(
+                upload_id,
+                chunk_size,
+                configured = self.chunk_size,
+                "re-dispatch keeps the upload's recorded chunk size"
+            );
         }
 
-        let chunks = self.fan_out(&upload, device_type, &source).await?;
+        let chunks = self.fan_out(&upload, device_type, &source, chunk_size).await?;
         tracing::info!(rows, chunks, "upload dispatched");
         Ok(DispatchOutcome::FannedOut { rows, chunks })
     }
 
-    /// QUEUED → PROCESSING with the file's real row count (a re-run keeps `started_at`).
-    async fn start(&self, upload: &upload::Model, rows: u32) -> Result<bool, DbErr> {
-        let now = Utc::now();
-        let result = Upload::update_many()
-            .col_expr(upload::Column::Status, Expr::value(UploadStatus::Processing))
-            .col_expr(upload::Column::TotalRows, Expr::value(rows as i32))
-            .col_expr(
-                upload::Column::StartedAt,
-                Expr::value(upload.started_at.unwrap_or(now)),
-            )
-            .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-            .filter(upload::Column::Id.eq(upload.id))
-            .filter(upload::Column::Status.is_in([UploadStatus::Queued, UploadStatus::Processing]))
-            .exec(self.db)
+    /// QUEUED → PROCESSING with the file's real row count (a re-run keeps `started_at`), and
+    /// the chunk size pinned: the first dispatch records its own, later ones get that back.
+    /// `None` when the upload is no longer waiting for dispatch.
+    async fn start(&self, upload: &upload::Model, rows: u32) -> Result<Option<usize>, DbErr> {
+        const SQL: &str = "UPDATE uploads SET status = 'PROCESSING', total_rows = $2, \
+                             started_at = COALESCE(started_at, $3), updated_at = $3, \
+                             chunk_size = COALESCE(chunk_size, $4) \
+                           WHERE id = $1 AND status IN ('QUEUED', 'PROCESSING') RETURNING chunk_size";
+        let mine = i32::try_from(self.chunk_size).unwrap_or(i32::MAX);
+        let values = [
+            upload.id.into(),
+            (rows as i32).into(),
+            Utc::now().into(),
+            mine.into(),
+        ];
+        let row = self
+            .db
+            .query_one(crate::db::stmt(self.db.get_database_backend(), SQL, values))
             .await?;
-        Ok(result.rows_affected == 1)
+        row.map(|r| r.try_get::<Option<i32>>("", "chunk_size"))
+            .transpose()
+            .map(|size| {
+                size.map(|s| {
+                    s.and_then(|s| usize::try_from(s).ok())
+                        .filter(|&s| s > 0)
+                        .unwrap_or(self.chunk_size)
+                })
+            })
     }
 
     async fn still_processing(&self, upload_id: i64) -> Result<bool, DbErr> {
@@ -146,13 +166,14 @@ impl Dispatcher<'_> {
         upload: &upload::Model,
         device_type: DeviceType,
         source: &str,
+        chunk_size: usize,
     ) -> Result<u32, DispatchError> {
         let mut file = CsvFile::open(self.storage.get(source).await?, device_type)
             .await
             .map_err(DispatchError::Read)?;
         let mut seen = HashSet::new();
         let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
-        let mut rows = Vec::with_capacity(self.chunk_size);
+        let mut rows = Vec::with_capacity(chunk_size);
         let mut chunk = 0i32;
         while let Some(row) = file.next_row().await.map_err(DispatchError::Read)? {
             let duplicate = match device_uid::normalize(device_type, &row.uid) {
@@ -166,8 +187,8 @@ impl Dispatcher<'_> {
                 uid2: row.uid2,
                 duplicate,
             });
-            if rows.len() == self.chunk_size {
-                let full = std::mem::replace(&mut rows, Vec::with_capacity(self.chunk_size));
+            if rows.len() == chunk_size {
+                let full = std::mem::replace(&mut rows, Vec::with_capacity(chunk_size));
                 pending.push(JobPayload::ProcessChunk(ChunkJob {
                     upload_id: upload.id,
                     chunk,

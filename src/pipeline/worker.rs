@@ -204,8 +204,10 @@ async fn load_devices(
     }
     if txn.get_database_backend() == DbBackend::Postgres {
         // One array parameter instead of thousands of placeholders.
+        // Locked in key order: two chunks over the same devices (two uploads, the rows in
+        // any order) take their locks in the same sequence, so one waits and none deadlocks.
         const SQL: &str = "SELECT id, tenant_id, uid, state, service_type, workflow_id FROM devices \
-                           WHERE device_type = $1 AND uid = ANY($2) FOR UPDATE";
+                           WHERE device_type = $1 AND uid = ANY($2) ORDER BY uid FOR UPDATE";
         let values = [
             device_type.code().into(),
             text_array(keys.iter().map(|k| Some((*k).to_owned()))),
@@ -267,6 +269,12 @@ async fn create_devices(
     rows: &[usize],
     now: DateTime<Utc>,
 ) -> Result<HashSet<String>, DbErr> {
+    // In key order, like the locks: an insert waits on another transaction's uncommitted
+    // row with the same key, and two transactions inserting the same keys in opposite
+    // orders would each wait for the other.
+    let mut rows = rows.to_vec();
+    rows.sort_unstable_by(|&a, &b| inputs[a].lookup_key().cmp(&inputs[b].lookup_key()));
+    let rows = rows.as_slice();
     let backend = txn.get_database_backend();
     let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
     let mut created = HashSet::with_capacity(rows.len());
@@ -274,7 +282,7 @@ async fn create_devices(
         const SQL: &str = "INSERT INTO devices (tenant_id, device_type, uid, uid2, state, service_type, brand_id, \
                              workflow_id, created_at, updated_at) \
                            SELECT $1, $2, u.uid, NULLIF(u.uid2, ''), $3, $4, $5, $6, $7, $7 FROM UNNEST($8::text[], $9::text[]) AS u(uid, uid2) \
-                           ON CONFLICT (device_type, uid) DO NOTHING RETURNING uid";
+                           ORDER BY u.uid ON CONFLICT (device_type, uid) DO NOTHING RETURNING uid";
         let values = [
             ctx.target_tenant.clone().into(),
             ctx.device_type.code().into(),
@@ -343,7 +351,7 @@ async fn apply_updates(
     decisions: &[Decision],
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
-    let ids: Vec<i64> = decisions
+    let mut ids: Vec<i64> = decisions
         .iter()
         .filter_map(|d| match d {
             Decision::Success(
@@ -358,6 +366,9 @@ async fn apply_updates(
     if ids.is_empty() {
         return Ok(());
     }
+    // The rows are locked already (PostgreSQL) or the database is (SQLite); in id order
+    // anyway, so no statement here can take locks in a conflicting order.
+    ids.sort_unstable();
     let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
     for slice in ids.chunks(ROWS_PER_STATEMENT) {
         let mut update = Device::update_many().col_expr(device::Column::UpdatedAt, Expr::value(now));
@@ -491,9 +502,10 @@ fn result_of(decision: &Decision) -> (&'static str, Option<String>, Option<Strin
 }
 
 /// Adds this chunk's counts and, when they reach the total, completes the upload in the same
-/// statement. Concurrent chunks serialise on the upload's row, so each sees the others'
-/// committed counts and exactly one of them completes it. `None` when the upload left
-/// PROCESSING meanwhile.
+/// statement, queuing its error report when a row failed (so the report is due exactly when
+/// the terminal state exists). Concurrent chunks serialise on the upload's row, so each sees
+/// the others' committed counts and exactly one of them completes it. `None` when the upload
+/// left PROCESSING meanwhile.
 async fn add_to_counters(
     txn: &DatabaseTransaction,
     upload_id: i64,
@@ -510,6 +522,10 @@ async fn add_to_counters(
                          ELSE status END, \
            finished_at = CASE WHEN total_rows IS NOT NULL AND processed_rows + $2 >= total_rows \
                               THEN $5 ELSE finished_at END, \
+           report_status = CASE WHEN total_rows IS NOT NULL AND processed_rows + $2 >= total_rows \
+                                 AND failed + $4 > 0 THEN 'PENDING' ELSE report_status END, \
+           report_due_at = CASE WHEN total_rows IS NOT NULL AND processed_rows + $2 >= total_rows \
+                                 AND failed + $4 > 0 THEN $5 ELSE report_due_at END, \
            updated_at = $5 \
          WHERE id = $1 AND status = 'PROCESSING' \
          RETURNING status";

@@ -1,6 +1,6 @@
-//! The one streaming merge of an upload's file with its FAIL results, in row order: it writes
-//! both the error report and the retry file. The file and the results are each read once,
-//! side by side, so memory stays flat whatever the row and failure counts.
+//! The one streaming merge of an upload's file with its results, in row order: it writes both
+//! the error report and the retry file. The file and the results are each read once, side by
+//! side, so memory stays flat whatever the row and failure counts.
 
 use entity::batch_result;
 use entity::prelude::*;
@@ -12,7 +12,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use crate::domain::DeviceType;
 use crate::error::ApiError;
 use crate::pipeline::csv_file::{CsvFile, FileError};
-use crate::state::AppState;
 use crate::storage::{ObjectStore, snapshot_key};
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -24,6 +23,9 @@ pub enum Layout {
     ErrorReport,
     /// The header and the rows exactly as written: a file to upload again.
     RetryFile,
+    /// As `RetryFile`, with every row that has no SUCCESS result: the failed rows and those
+    /// an upload that stopped early (cancelled, failed) never processed.
+    RetryUnfinished,
 }
 
 /// One FAIL result, as the merge needs it.
@@ -73,27 +75,35 @@ where
     let file = CsvFile::open_verbatim(storage.get(&snapshot_key(&upload.object_key)).await?, device_type)
         .await
         .map_err(MergeError::from)?;
+    if layout == Layout::RetryUnfinished {
+        let successes = successes_in_order(db, upload.id).await?;
+        return Ok(merge_except(file, successes, out).await?);
+    }
     let failures = failures_in_order(db, upload.id).await?;
     Ok(merge(file, failures, layout, out).await?)
 }
 
 /// Merges `upload`'s failed rows in `layout` into a temporary file and stores it under `key`;
 /// returns how many rows it holds.
-pub async fn store(
-    state: &AppState,
+pub async fn store<C>(
+    db: &C,
+    storage: &dyn ObjectStore,
     upload: &upload::Model,
     layout: Layout,
     key: &str,
-) -> Result<u64, ApiError> {
+) -> Result<u64, ApiError>
+where
+    C: ConnectionTrait + StreamTrait,
+{
     // Deleted on drop, whether storing succeeds or not.
     let temp = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
     let file = tokio::fs::File::create(temp.path())
         .await
         .map_err(ApiError::internal)?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
-    let rows = write(&state.db, state.storage.as_ref(), upload, layout, &mut out).await?;
+    let rows = write(db, storage, upload, layout, &mut out).await?;
     drop(out);
-    state.storage.put_file(key, temp.path()).await?;
+    storage.put_file(key, temp.path()).await?;
     Ok(rows)
 }
 
@@ -117,6 +127,72 @@ where
     }))
 }
 
+/// The row numbers of an upload's SUCCESS results, ascending, streamed.
+async fn successes_in_order<'a, C>(
+    db: &'a C,
+    upload_id: i64,
+) -> Result<impl Stream<Item = Result<i32, DbErr>> + Unpin + 'a, DbErr>
+where
+    C: ConnectionTrait + StreamTrait,
+{
+    let sql = "SELECT row_number FROM batch_results \
+               WHERE upload_id = $1 AND outcome = 'SUCCESS' ORDER BY row_number";
+    let stmt = crate::db::stmt(db.get_database_backend(), sql, [upload_id.into()]);
+    let rows = Box::pin(db.stream(stmt).await?);
+    Ok(futures::StreamExt::map(rows, |r| {
+        r.and_then(|row| row.try_get::<i32>("", "row_number"))
+    }))
+}
+
+/// The header line as written (with the file's BOM and line break).
+fn header_line<R: AsyncRead + Unpin + Send>(file: &CsvFile<R>, layout: Layout) -> Vec<u8> {
+    let mut line = Vec::with_capacity(1024);
+    if file.has_bom() {
+        line.extend_from_slice(UTF8_BOM);
+    }
+    line.extend_from_slice(file.verbatim());
+    if layout == Layout::ErrorReport {
+        line.extend_from_slice(b",rowNumber,errorCode,message");
+    }
+    line.extend_from_slice(file.header_line_break().as_bytes());
+    line
+}
+
+/// Walks `file` writing every row whose number is not in `skip` (ascending), as written.
+pub async fn merge_except<R, S, W>(mut file: CsvFile<R>, mut skip: S, out: &mut W) -> Result<u64, MergeError>
+where
+    R: AsyncRead + Unpin + Send,
+    S: Stream<Item = Result<i32, DbErr>> + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let line_break = file.header_line_break().as_bytes().to_vec();
+    out.write_all(&header_line(&file, Layout::RetryFile)).await?;
+    let mut record = csv_async::StringRecord::new();
+    let mut next_skip = skip.try_next().await?;
+    let mut written = 0u64;
+    let mut line = Vec::with_capacity(1024);
+    while let Some(n) = file.read_into(&mut record).await? {
+        match next_skip {
+            // Rows are numbered 1, 2, … in file order: a smaller number left behind is a
+            // result the file does not have (or results out of order).
+            Some(k) if k < n => return Err(MergeError::RowNotInFile(k)),
+            Some(k) if k == n => next_skip = skip.try_next().await?,
+            _ => {
+                line.clear();
+                line.extend_from_slice(file.verbatim());
+                line.extend_from_slice(&line_break);
+                out.write_all(&line).await?;
+                written += 1;
+            }
+        }
+    }
+    if let Some(k) = next_skip {
+        return Err(MergeError::RowNotInFile(k));
+    }
+    out.flush().await?;
+    Ok(written)
+}
+
 /// Walks `file` and `failures` (ascending row numbers) together, writing each failed row.
 pub async fn merge<R, S, W>(
     mut file: CsvFile<R>,
@@ -129,18 +205,10 @@ where
     S: Stream<Item = Result<Failure, DbErr>> + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let line_break = file.header_line_break().as_bytes();
+    let line_break = file.header_line_break().as_bytes().to_vec();
     let header_cells = file.headers().len();
+    out.write_all(&header_line(&file, layout)).await?;
     let mut line = Vec::with_capacity(1024);
-    if file.has_bom() {
-        line.extend_from_slice(UTF8_BOM);
-    }
-    line.extend_from_slice(file.verbatim());
-    if layout == Layout::ErrorReport {
-        line.extend_from_slice(b",rowNumber,errorCode,message");
-    }
-    line.extend_from_slice(line_break);
-    out.write_all(&line).await?;
 
     let mut record = csv_async::StringRecord::new();
     let mut written = 0u64;
@@ -154,12 +222,12 @@ where
         }
         line.clear();
         match layout {
-            Layout::RetryFile => line.extend_from_slice(file.verbatim()),
+            Layout::RetryFile | Layout::RetryUnfinished => line.extend_from_slice(file.verbatim()),
             Layout::ErrorReport => {
                 report_row(&mut line, file.verbatim(), record.len(), header_cells, &failure)
             }
         }
-        line.extend_from_slice(line_break);
+        line.extend_from_slice(&line_break);
         out.write_all(&line).await?;
         written += 1;
     }
@@ -265,6 +333,46 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(retry, "imei,extra\n111,\"q\"\"uote\"\n333,c\n");
+    }
+
+    async fn run_except(file: &[u8], successes: Vec<i32>) -> Result<String, MergeError> {
+        let file =
+            CsvFile::open_verbatim(std::io::Cursor::new(file.to_vec()), DeviceType::Smartphone).await?;
+        let mut out = Vec::new();
+        merge_except(
+            file,
+            futures::stream::iter(successes.into_iter().map(Ok)),
+            &mut out,
+        )
+        .await?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_unfinished_retry_file_holds_every_row_without_a_success_in_file_order() {
+        let file = b"\xEF\xBB\xBFimei,note\r\n111,a\r\n222,\"b,\r\nc\"\r\n\r\n333,d\r\n444,e\r\n555,f";
+        // Rows 1 and 4 succeeded; 2 failed, 3 and 5 never ran: all three go again.
+        assert_eq!(
+            run_except(file, vec![1, 4]).await.unwrap(),
+            "\u{feff}imei,note\r\n222,\"b,\r\nc\"\r\n333,d\r\n555,f\r\n"
+        );
+        assert_eq!(run_except(file, vec![]).await.unwrap().lines().count(), 7);
+        assert_eq!(
+            run_except(file, vec![1, 2, 3, 4, 5]).await.unwrap(),
+            "\u{feff}imei,note\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_success_beyond_the_file_or_out_of_order_is_an_error() {
+        assert!(matches!(
+            run_except(b"imei\n1\n2\n", vec![3]).await,
+            Err(MergeError::RowNotInFile(3))
+        ));
+        assert!(matches!(
+            run_except(b"imei\n1\n2\n3\n", vec![2, 1]).await,
+            Err(MergeError::RowNotInFile(1))
+        ));
     }
 
     #[tokio::test]

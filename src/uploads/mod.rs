@@ -6,7 +6,7 @@ pub mod failed_rows;
 mod finalize;
 mod prepare;
 mod read;
-mod report;
+pub mod report;
 pub mod results;
 mod retry;
 mod terminate;
@@ -15,13 +15,13 @@ pub use cancel::cancel;
 pub use finalize::{FinalizeInput, finalize};
 pub use prepare::{PrepareInput, Prepared, prepare};
 pub use read::{UploadPage, find_visible, list};
-pub use report::error_report;
+pub use report::{Built, ReportBuilder, error_report};
 pub use retry::retry_failed_rows;
 pub use terminate::{terminate, terminate_in};
 
 use entity::prelude::*;
 use entity::{action, workflow};
-use sea_orm::{ConnectionTrait, EntityTrait};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::access::TenantScope;
 use crate::error::ApiError;
@@ -45,7 +45,10 @@ async fn action_in_scope(
     scope: &TenantScope,
     id: &str,
 ) -> Result<action::Model, ApiError> {
-    Action::find_by_id(id)
+    // Ids are unique per customer; the scope's ancestry lies within one customer's tree.
+    Action::find()
+        .filter(action::Column::Id.eq(id))
+        .filter(action::Column::TenantId.is_in(scope.ancestry.iter().cloned()))
         .one(db)
         .await?
         .filter(|a| scope.inherits_from(&a.tenant_id))
@@ -58,7 +61,9 @@ async fn workflow_in_scope(
     scope: &TenantScope,
     id: &str,
 ) -> Result<workflow::Model, ApiError> {
-    Workflow::find_by_id(id)
+    Workflow::find()
+        .filter(workflow::Column::Id.eq(id))
+        .filter(workflow::Column::TenantId.is_in(scope.ancestry.iter().cloned()))
         .one(db)
         .await?
         .filter(|w| scope.inherits_from(&w.tenant_id))
@@ -93,6 +98,7 @@ mod tests {
 
     fn action(kind: ActionKind, target: Option<i32>) -> action::Model {
         action::Model {
+            root_tenant_id: "t".into(),
             id: "a".into(),
             tenant_id: "t".into(),
             name: "a".into(),
@@ -104,6 +110,7 @@ mod tests {
 
     fn workflow(service_type: i32) -> workflow::Model {
         workflow::Model {
+            root_tenant_id: "t".into(),
             id: "w".into(),
             tenant_id: "t".into(),
             name: "w".into(),

@@ -3,8 +3,8 @@
 
 use chrono::Utc;
 use entity::prelude::*;
-use entity::upload::{self, UploadStatus};
-use sea_orm::sea_query::Expr;
+use entity::upload::{self, ReportStatus, UploadStatus};
+use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, TransactionTrait,
 };
@@ -12,7 +12,8 @@ use sea_orm::{
 use crate::webhook::Outbox;
 
 /// Moves upload `upload_id` to the terminal `status` unless it already reached one, and
-/// queues its webhook call in the same transaction. Results already written stay. Returns
+/// queues its webhook call and (when rows failed) its error report in the same transaction.
+/// Results already written stay. Returns
 /// whether this call ended it (a compare-and-set: of concurrent callers, one wins).
 pub async fn terminate(
     db: &DatabaseConnection,
@@ -40,7 +41,24 @@ pub async fn terminate_in(
     let mut update = Upload::update_many()
         .col_expr(upload::Column::Status, Expr::value(status))
         .col_expr(upload::Column::FinishedAt, Expr::value(now))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now));
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            upload::Column::ReportStatus,
+            Into::<SimpleExpr>::into(
+                Expr::case(
+                    Expr::col(upload::Column::Failed).gt(0),
+                    Expr::value(ReportStatus::Pending),
+                )
+                .finally(Expr::col(upload::Column::ReportStatus)),
+            ),
+        )
+        .col_expr(
+            upload::Column::ReportDueAt,
+            Into::<SimpleExpr>::into(
+                Expr::case(Expr::col(upload::Column::Failed).gt(0), Expr::value(now))
+                    .finally(Expr::col(upload::Column::ReportDueAt)),
+            ),
+        );
     if let Some(reason) = reason {
         update = update.col_expr(upload::Column::FailureReason, Expr::value(reason.to_owned()));
     }

@@ -123,3 +123,66 @@ on_both_backends! {
         assert_eq!(data["actions"].as_array().unwrap().len(), 3);
     }
 }
+
+on_both_backends! {
+    async fn catalog_ids_belong_to_each_customer_and_reveal_nothing_across_customers(app: TestApp) {
+        let acme_admin = admin_of(&app, "acme");
+        // demo's ids are free for acme: nothing tells bob's admin they exist elsewhere.
+        let data = ok(&app, &acme_admin, CREATE_ACTION, json!({"t": "acme", "id": "register-prepaid", "n": "Acme register", "k": "REGISTER", "st": 6})).await;
+        assert_eq!(data["createAction"], json!({"id": "register-prepaid", "tenantId": "acme", "kind": "REGISTER", "targetServiceType": 6}));
+        let data = ok(&app, &acme_admin, CREATE_WORKFLOW, json!({"t": "acme", "id": "68a5ae7a4cb9e87b88b7d345", "n": "Acme inventory", "st": 6})).await;
+        assert_eq!(data["createWorkflow"]["tenantId"], "acme");
+        // Within a customer an id is still taken once.
+        assert_eq!(code(&app, &acme_admin, CREATE_ACTION, json!({"t": "acme", "id": "register-prepaid", "n": "x", "k": "DEREGISTER"})).await, "ALREADY_EXISTS");
+        assert_eq!(code(&app, &acme_admin, CREATE_WORKFLOW, json!({"t": "acme", "id": "68a5ae7a4cb9e87b88b7d345", "n": "x", "st": 2})).await, "ALREADY_EXISTS");
+
+        // Each customer's lookups see only its own entry under the shared id.
+        let list = "query($t: String!) { actions(tenantId: $t) { id name targetServiceType } workflows(tenantId: $t) { id name } }";
+        let demo = ok(&app, &app.alice(), list, json!({"t": "demo"})).await;
+        let acme = ok(&app, &app.bob(), list, json!({"t": "acme"})).await;
+        let named = |data: &Value, kind: &str, id: &str| -> Vec<String> {
+            data[kind].as_array().unwrap().iter().filter(|a| a["id"] == id).map(|a| a["name"].as_str().unwrap().to_owned()).collect()
+        };
+        assert_eq!(named(&demo, "actions", "register-prepaid"), ["Register Prepaid"]);
+        assert_eq!(named(&acme, "actions", "register-prepaid"), ["Acme register"]);
+        assert_eq!(named(&demo, "workflows", "68a5ae7a4cb9e87b88b7d345"), ["Inventory Audit"]);
+        assert_eq!(named(&acme, "workflows", "68a5ae7a4cb9e87b88b7d345"), ["Acme inventory"]);
+
+        // Uploads resolve the id in their own customer's catalog: acme's REGISTER gives
+        // service type 6 and matches acme's inventory workflow; demo's still needs type 2.
+        let bob_upload = app
+            .upload_csv(&app.bob(), json!({"tenantId": "acme", "assignActionId": "register-prepaid", "workflowId": "68a5ae7a4cb9e87b88b7d345", "rowCount": 2}), csv("imei", &imeis(63, 2)))
+            .await;
+        let alice_upload = app
+            .upload_csv(&app.alice(), json!({"assignActionId": "register-prepaid", "workflowId": "68a5ae7a4cb9e87b88b7d344", "rowCount": 2}), csv("imei", &imeis(64, 2)))
+            .await;
+        let mismatch = app.gql(Some(&app.alice()), PREPARE, json!({"tenantId": "demo", "assignActionId": "register-prepaid", "workflowId": "68a5ae7a4cb9e87b88b7d345", "rowCount": 1, "deviceType": 1})).await;
+        assert_eq!(error_code(&mismatch), "WORKFLOW_SERVICE_TYPE_MISMATCH");
+        app.drain().await;
+        assert_eq!(app.upload_state(&app.bob(), "acme", &bob_upload).await["status"], "COMPLETED");
+        assert_eq!(app.upload_state(&app.alice(), "demo", &alice_upload).await["status"], "COMPLETED");
+
+        // Changing or deleting its own entry leaves the other customer's alone; demo's devices
+        // in demo's workflow 345 do not hold acme's workflow 345, nor the other way round.
+        ok(&app, &acme_admin, "mutation { updateAction(id: \"register-prepaid\", name: \"Acme only\") { id } }", json!({})).await;
+        let inventory = app
+            .upload_csv(&app.alice(), json!({"assignActionId": "register-prepaid", "rowCount": 2}), csv("imei", &imeis(65, 2)))
+            .await;
+        app.drain().await;
+        assert_eq!(app.upload_state(&app.alice(), "demo", &inventory).await["status"], "COMPLETED");
+        let del_workflow = "mutation { deleteWorkflow(id: \"68a5ae7a4cb9e87b88b7d345\") }";
+        assert_eq!(code(&app, &acme_admin, del_workflow, json!({})).await, "IN_USE", "acme's own devices are in it");
+        ok(&app, &acme_admin, "mutation { deleteAction(id: \"register-prepaid\") }", json!({})).await;
+        let demo = ok(&app, &app.alice(), list, json!({"t": "demo"})).await;
+        assert_eq!(named(&demo, "actions", "register-prepaid"), ["Register Prepaid"]);
+        let acme = ok(&app, &app.bob(), list, json!({"t": "acme"})).await;
+        assert!(named(&acme, "actions", "register-prepaid").is_empty());
+        let gone = app.gql(Some(&app.bob()), PREPARE, json!({"tenantId": "acme", "assignActionId": "register-prepaid", "rowCount": 1, "deviceType": 1})).await;
+        assert_eq!(error_code(&gone), "ACTION_NOT_FOUND");
+        // demo's admin deletes demo's unused workflow 345 though acme's devices are in acme's.
+        let demo_admin = admin_of(&app, "demo");
+        assert_eq!(ok(&app, &demo_admin, del_workflow, json!({})).await["deleteWorkflow"], "68a5ae7a4cb9e87b88b7d345");
+        let acme = ok(&app, &app.bob(), list, json!({"t": "acme"})).await;
+        assert_eq!(named(&acme, "workflows", "68a5ae7a4cb9e87b88b7d345"), ["Acme inventory"]);
+    }
+}

@@ -197,3 +197,138 @@ on_both_backends_with_s3! {
         assert_eq!(body, expected_report(app, &id, &failing).await);
     }
 }
+
+const LISTING: &str = "{ uploads(tenantId: \"demo\", first: 50) { edges { node { id status errorReportStatus errorReport { url } } } } }";
+
+/// Files under the local store's `reports/` directory.
+fn stored_reports(app: &TestApp) -> usize {
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                .sum()
+        })
+    }
+    count(&app.data_dir.path().join("objects").join("reports"))
+}
+
+async fn report_status_in_db(app: &TestApp, id: &str) -> Option<entity::upload::ReportStatus> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    entity::prelude::Upload::find()
+        .filter(entity::upload::Column::PublicId.eq(id))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap()
+        .report_status
+}
+
+/// Waits (bounded) for the background builder; no request asks for the report meanwhile.
+async fn wait_for_report(app: &TestApp, id: &str) {
+    let started = std::time::Instant::now();
+    while report_status_in_db(app, id).await != Some(entity::upload::ReportStatus::Ready) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "report of {id} never built"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn background_report(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.workers = Some(2)).await;
+    let (file, failing) = mixed_file();
+    let id = app.upload_csv(&app.alice(), json!({"rowCount": 7}), file).await;
+    wait_for_report(&app, &id).await;
+    // Built without anyone asking: the stored object is there before the first request.
+    assert_eq!(stored_reports(&app), 1);
+    let upload = report_of(&app, &id).await;
+    let (status, body) = download(&app, upload["errorReport"]["url"].as_str().unwrap()).await;
+    assert_eq!((status, body), (200, expected_report(&app, &id, &failing).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_report_is_built_in_the_background_before_anyone_asks_sqlite() {
+    background_report(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_report_is_built_in_the_background_before_anyone_asks_postgres() {
+    background_report(Backend::Postgres).await
+}
+
+on_both_backends! {
+    async fn a_listing_asking_for_every_report_runs_no_merge(app: TestApp) {
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            let (file, _) = mixed_file();
+            ids.push(app.upload_csv(&app.alice(), json!({"rowCount": 7}), file).await);
+            // The pipeline only: the reports stay queued.
+            drain(&app.pipeline).await;
+        }
+        let clean = app.upload_csv(&app.alice(), json!({"rowCount": 2}), csv("imei", &imeis(620, 2))).await;
+        drain(&app.pipeline).await;
+
+        let before = app.state.statements.get();
+        let body = app.gql(Some(&app.alice()), LISTING, json!({})).await;
+        let statements = app.state.statements.get() - before;
+        assert!(body.get("errors").is_none(), "{body}");
+        let nodes: Vec<Value> = body["data"]["uploads"]["edges"].as_array().unwrap().iter().map(|e| e["node"].clone()).collect();
+        assert_eq!(nodes.len(), 7);
+        for node in &nodes {
+            assert_eq!(node["errorReport"], Value::Null, "{node}");
+            let want = if node["id"] == clean.as_str() { Value::Null } else { json!("PENDING") };
+            assert_eq!(node["errorReportStatus"], want, "{node}");
+        }
+        // Nothing was merged or written, and the page cost what a page costs, not a merge
+        // per upload (each merge alone streams the file and runs a query).
+        assert_eq!(stored_reports(&app), 0);
+        assert!(statements < 10, "{statements} statements for one page");
+
+        assert_eq!(app.build_reports().await, 6);
+        // Served from what was stored: the files the reports came from can go.
+        std::fs::remove_dir_all(app.data_dir.path().join("objects").join("snapshots")).unwrap();
+        let body = app.gql(Some(&app.alice()), LISTING, json!({})).await;
+        for edge in body["data"]["uploads"]["edges"].as_array().unwrap() {
+            let node = &edge["node"];
+            if node["id"] == clean.as_str() {
+                assert_eq!((node["errorReportStatus"].clone(), node["errorReport"].clone()), (Value::Null, Value::Null));
+            } else {
+                assert_eq!(node["errorReportStatus"], "READY", "{node}");
+                let (status, _) = download(&app, node["errorReport"]["url"].as_str().unwrap()).await;
+                assert_eq!(status, 200);
+            }
+        }
+        assert_eq!(stored_reports(&app), 6);
+        assert!(ids.iter().all(|id| body.to_string().contains(id.as_str())));
+    }
+
+    async fn a_queued_report_survives_a_restart_and_a_builder_that_died(app: TestApp) {
+        let (file, failing) = mixed_file();
+        let first = app.upload_csv(&app.alice(), json!({"rowCount": 7}), file.clone()).await;
+        let second = app.upload_csv(&app.alice(), json!({"rowCount": 7}), file).await;
+        drain(&app.pipeline).await;
+
+        // A builder takes the first report and dies with it (its lease: one second).
+        let builder = fleetload::uploads::ReportBuilder::new(app.state.db.clone(), app.state.storage.clone())
+            .with_lease(std::time::Duration::from_secs(1));
+        let (claimed, attempt) = builder.claim().await.unwrap().expect("a report is due");
+        assert_eq!((claimed, attempt), (crate::results::internal_id(&app, &first).await, 1));
+
+        // The process stops before building anything; the next one, with workers, builds both:
+        // the second at once, the first once the dead builder's lease has run out.
+        let mut parts = app.into_parts();
+        parts.settings.workers = Some(1);
+        let app = respawn(parts).await;
+        wait_for_report(&app, &second).await;
+        wait_for_report(&app, &first).await;
+        let url = report_of(&app, &first).await["errorReport"]["url"].as_str().unwrap().to_owned();
+        let (status, body) = download(&app, &url).await;
+        assert_eq!((status, body), (200, expected_report(&app, &first, &failing).await));
+        // The same devices again: every row of the second upload failed.
+        let url = report_of(&app, &second).await["errorReport"]["url"].as_str().unwrap().to_owned();
+        let (status, body) = download(&app, &url).await;
+        assert_eq!((status, body.matches("\r\n").count()), (200, 1 + 7 + 1), "{body}");
+    }
+}

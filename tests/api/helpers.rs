@@ -155,7 +155,8 @@ async fn start(
 /// What outlives a server process: its settings, data dir and database.
 pub struct Persisted {
     backend: Backend,
-    settings: Settings,
+    /// The next process may be configured differently (another chunk size, workers on).
+    pub settings: Settings,
     data_dir: TempDir,
     pg: Option<PgDatabase>,
 }
@@ -272,9 +273,25 @@ impl TestApp {
         .await
     }
 
-    /// Runs pipeline jobs until none is left; returns how many ran.
+    /// Runs pipeline jobs, then the error reports they queued, until none is left; returns
+    /// how many pipeline jobs ran.
     pub async fn drain(&self) -> usize {
-        drain(&self.pipeline).await
+        let ran = drain(&self.pipeline).await;
+        self.build_reports().await;
+        ran
+    }
+
+    /// Builds the error reports that are due, as a worker process's background loop does;
+    /// returns how many it built.
+    pub async fn build_reports(&self) -> usize {
+        let builder =
+            fleetload::uploads::ReportBuilder::new(self.state.db.clone(), self.state.storage.clone());
+        let mut built = 0;
+        while builder.try_build_next().await.expect("database reachable") == fleetload::uploads::Built::Done {
+            built += 1;
+            assert!(built < 10_000, "the report builder never runs dry");
+        }
+        built
     }
 
     /// prepare → POST the file → finalize, as alice in `demo` unless `vars` say otherwise;
@@ -435,7 +452,7 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         use sqlx::Connection;
         let admin_url = std::env::var("FLEETLOAD_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());

@@ -75,3 +75,120 @@ on_both_backends! {
         assert!(retry(&app, &app.alice(), "demo", &queued).await.get("errors").is_none());
     }
 }
+
+/// A cancelled upload's retry holds its failed rows and every row it never processed, in
+/// file order; the original's successes and the retry's results then cover every row of the
+/// file exactly once.
+async fn cancelled_mid_processing(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.chunk_size = 5).await;
+    let mut keys = imeis(720, 40);
+    for bad in [2, 16, 32] {
+        keys[bad] = format!("bad-{bad}");
+    }
+    let original = app
+        .upload_csv(&app.alice(), json!({"rowCount": 40}), csv("imei", &keys))
+        .await;
+    // The dispatch and two chunks (rows 1–10), then the operator cancels.
+    for _ in 0..3 {
+        app.pipeline.try_execute_next().await.unwrap();
+    }
+    let cancel = "mutation($id: String!) { cancelBatchUpload(tenantId: \"demo\", uploadId: $id) { status processedRows failed } }";
+    let body = app.gql(Some(&app.alice()), cancel, json!({"id": original})).await;
+    assert_eq!(
+        body["data"]["cancelBatchUpload"],
+        json!({"status": "CANCELLED", "processedRows": 10, "failed": 1}),
+        "{body}"
+    );
+    app.drain().await;
+    assert_eq!(
+        app.results(&original).await.len(),
+        10,
+        "nothing ran after the cancel"
+    );
+
+    let body = retry(&app, &app.alice(), "demo", &original).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let retry_id = body["data"]["retryFailedRows"]["uploadId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = serde_json::from_str::<Value>(
+        body["data"]["retryFailedRows"]["fileUpload"]["fields"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stored = String::new();
+    app.state
+        .storage
+        .get(&key)
+        .await
+        .unwrap()
+        .read_to_string(&mut stored)
+        .await
+        .unwrap();
+    // Row 3 failed; rows 11–40 never ran.
+    let want: Vec<&str> = std::iter::once("imei")
+        .chain(std::iter::once(keys[2].as_str()))
+        .chain(keys[10..].iter().map(String::as_str))
+        .collect();
+    assert_eq!(stored.lines().collect::<Vec<_>>(), want);
+
+    assert_eq!(
+        app.finalize(&app.alice(), "demo", &retry_id).await["data"]["finalizeBatchUpload"],
+        "QUEUED"
+    );
+    app.drain().await;
+    let state = app.upload_state(&app.alice(), "demo", &retry_id).await;
+    assert_eq!(
+        (state["status"].as_str(), state["totalRows"].as_i64()),
+        (Some("COMPLETED_WITH_ERRORS"), Some(31)),
+        "{state}"
+    );
+
+    let mut covered: Vec<String> = app
+        .results(&original)
+        .await
+        .into_iter()
+        .filter(|r| r.2 == "SUCCESS")
+        .map(|r| r.1)
+        .chain(app.results(&retry_id).await.into_iter().map(|r| r.1))
+        .collect();
+    covered.sort();
+    let mut all = keys.clone();
+    all.sort();
+    assert_eq!(covered, all, "every row of the file exactly once");
+
+    // A retry of the retry: its failures only (it completed), the three bad keys.
+    let again = retry(&app, &app.alice(), "demo", &retry_id).await;
+    assert!(again.get("errors").is_none(), "{again}");
+    let again_id = again["data"]["retryFailedRows"]["uploadId"].as_str().unwrap();
+    assert_eq!(
+        app.upload_state(&app.alice(), "demo", again_id).await["status"],
+        "PREPARED"
+    );
+    let declared = app
+        .gql(
+            Some(&app.alice()),
+            "query($id: String!) { upload(tenantId: \"demo\", uploadId: $id) { declaredRowCount } }",
+            json!({"id": again_id}),
+        )
+        .await;
+    assert_eq!(
+        declared["data"]["upload"]["declaredRowCount"], 3,
+        "rows 3, 17 and 33 of the original"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_uploads_retry_covers_its_failed_and_unprocessed_rows_sqlite() {
+    cancelled_mid_processing(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_uploads_retry_covers_its_failed_and_unprocessed_rows_postgres() {
+    cancelled_mid_processing(Backend::Postgres).await
+}
