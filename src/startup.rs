@@ -33,6 +33,8 @@ pub struct Application {
     state: AppState,
     pipeline: Arc<Pipeline>,
     webhook: Option<Arc<WebhookDeliverer>>,
+    /// The pipeline's own pool, which the report builder shares.
+    worker_db: DatabaseConnection,
     workers: usize,
     /// Where this process hears other processes' progress (PostgreSQL).
     _listener: Option<ProgressListener>,
@@ -93,6 +95,7 @@ impl Application {
             state,
             pipeline: parts.pipeline,
             webhook: parts.webhook,
+            worker_db: parts.worker_db,
             workers,
             _listener: progress_listener,
         })
@@ -133,7 +136,7 @@ impl Application {
         let mut workers = self.pipeline.spawn(self.workers, stop.clone());
         workers.extend(spawn_webhook(self.webhook, stop.clone()));
         if self.workers > 0 {
-            workers.push(spawn_reports(&self.state.db, &self.state.storage, stop.clone()));
+            workers.push(spawn_reports(&self.worker_db, &self.state.storage, stop.clone()));
         }
         let stopping = stop.clone();
         // The peer address keys the per-IP rate limit of anonymous requests.
@@ -162,7 +165,7 @@ pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) 
     let stop = CancellationToken::new();
     let mut handles = parts.pipeline.spawn(workers, stop.clone());
     handles.extend(spawn_webhook(parts.webhook, stop.clone()));
-    handles.push(spawn_reports(&parts.db, &parts.storage, stop.clone()));
+    handles.push(spawn_reports(&parts.worker_db, &parts.storage, stop.clone()));
     shutdown_signal().await;
     stop.cancel();
     futures::future::join_all(handles).await;
