@@ -218,6 +218,13 @@ pub struct Settings {
         global = true
     )]
     pub ws_outgoing_queue: usize,
+
+    // --- Operator console (/ui) and GraphiQL ---
+    /// Let `/ui` mint tokens for the demo users (alice, bob). Only ever with HS256 and the
+    /// secret generated in the data dir (never with `--jwks-url` or `--jwt-secret`); default:
+    /// on for the embedded database, off otherwise.
+    #[arg(long, env = "FLEETLOAD_DEV_SIGN_IN", global = true)]
+    pub dev_sign_in: Option<bool>,
 }
 
 impl Settings {

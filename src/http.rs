@@ -2,12 +2,11 @@
 
 use std::time::Duration;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::{FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -25,12 +24,16 @@ struct Http {
 pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router {
     let cors = cors(&app.settings.cors_origins);
     let mut router = Router::new()
-        .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql))
         .route("/graphql/realtime", get(realtime))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Http { app, schema });
+        .with_state(Http {
+            app: app.clone(),
+            schema,
+        })
+        // GraphiQL at `/`, the console at `/ui` and their assets (src/console/).
+        .merge(crate::console::routes(&app));
     if let Some(extra) = extra {
         router = router.merge(extra);
     }
@@ -71,15 +74,6 @@ async fn graphql_get(State(http): State<Http>, request: axum::extract::Request) 
 /// AppSync's real-time WebSocket flavour.
 async fn realtime(State(http): State<Http>, request: axum::extract::Request) -> axum::response::Response {
     crate::websocket::appsync::accept(http.app, http.schema, request).await
-}
-
-async fn graphiql() -> impl IntoResponse {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("fleetload")
-            .finish(),
-    )
 }
 
 /// The process is up.

@@ -8,6 +8,8 @@ mod admin;
 mod api_contract;
 mod auth;
 mod cancel;
+mod cli;
+mod console;
 mod error_report;
 mod finalize;
 mod pipeline;
