@@ -7,6 +7,7 @@ mod moto;
 mod admin;
 mod api_contract;
 mod auth;
+mod browser;
 mod cancel;
 mod cli;
 mod console;
