@@ -4,7 +4,7 @@
 //! never hands out tokens.
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -102,6 +102,7 @@ struct SignIn {
 /// `{"token", "user", "tenant"}`, or `{"errors": [...]}` with a typed code, as GraphQL answers.
 async fn sign_in(
     State(dev): State<DevSignIn>,
+    headers: HeaderMap,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(secret) = &dev.secret else {
@@ -111,6 +112,14 @@ async fn sign_in(
             "dev sign-in is off on this server: paste a token",
         );
     };
+    // CORS lets any site call the API, but a token must not be handed to another site's page.
+    if !same_origin(&headers) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "dev sign-in is only for this server's own pages",
+        );
+    }
     let Ok(Json(body)) = body else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -142,6 +151,26 @@ async fn sign_in(
             )
         }
     }
+}
+
+/// A browser's request from a page of this server, or a request with no `Origin` (not a
+/// browser's cross-site request).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| url::Url::parse(o).ok())
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(port) => format!("{h}:{port}"),
+                None => h.to_owned(),
+            })
+        });
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -152,6 +152,29 @@ async fn dev_sign_in_on_the_embedded_default_mints_working_tokens_for_demo_users
         let (status, body) = sign_in(&app, bad).await;
         assert_eq!((status, code(&body)), (400, "BAD_USER_INPUT"), "{bad}: {body}");
     }
+    // Another site's page may call the API (CORS), but gets no token.
+    let resp = app
+        .http
+        .post(format!("{}/ui/dev-sign-in", app.url))
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body(r#"{"user":"alice"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(code(&resp.json().await.unwrap()), "FORBIDDEN");
+    let own = app
+        .http
+        .post(format!("{}/ui/dev-sign-in", app.url))
+        .header("content-type", "application/json")
+        .header("origin", &app.url)
+        .body(r#"{"user":"alice"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "from its own page");
+
     let huge = format!(r#"{{"user":"{}"}}"#, "a".repeat(10_000));
     let (status, _) = sign_in(&app, &huge).await;
     assert!(status == 400 || status == 413, "an oversized body: {status}");
