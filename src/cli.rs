@@ -49,8 +49,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UploadsArgs {
-    /// How many, newest first (at most 100).
-    #[arg(long, default_value_t = 20)]
+    /// How many, newest first (1 to 500).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub first: u32,
     #[command(flatten)]
     pub client: crate::client::ClientArgs,

@@ -17,6 +17,9 @@ use super::{Client, ClientError, graphql_error};
 const PROGRESS_FIELDS: &str = "uploadId status totalRows processedRows succeeded failed percentage \
     rowsPerSecond etaSeconds recentErrors { rowNumber deviceUid errorCode message }";
 
+/// As long as the HTTP client waits for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 const FINAL: [&str; 4] = ["COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED"];
 
 /// Follows the upload until its final state and returns that state.
@@ -50,7 +53,10 @@ async fn subscribe(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("graphql-transport-ws"),
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(closed)?;
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .map_err(|_| ClientError::new("SUBSCRIPTION_FAILED", format!("{url}: no answer in time")))?
+        .map_err(closed)?;
     let init = json!({ "type": "connection_init", "payload": { "Authorization": client.authorization } });
     ws.send(Message::text(init.to_string())).await.map_err(closed)?;
     let mut last = Value::Null;

@@ -237,6 +237,10 @@ async fn upload_exit_codes_report_status_and_uploads() {
     // A usage error is an error too (clap's own code would be 2, which means COMPLETED_WITH_ERRORS).
     let out = run(&app, &["upload", good.to_str().unwrap(), "--no-such-flag"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
+    for first in ["0", "501", "-1"] {
+        let out = run(&app, &["uploads", "--first", first]).await;
+        assert_eq!(out.status.code(), Some(1), "--first {first}");
+    }
 
     // status: one upload; an unknown id is exit 1.
     let out = run(&app, &["status", &first]).await;
