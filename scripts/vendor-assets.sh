@@ -3,6 +3,7 @@
 # assets/vendor/ (embedded in the binary at build time, so no request leaves the origin).
 #   scripts/vendor-assets.sh          re-fetch and rewrite assets/vendor/ and its SHA256SUMS
 #   scripts/vendor-assets.sh --check  re-fetch into a scratch dir and fail if any committed file differs
+#                                     (the .gz copies: if they do not decompress to their file)
 # CI checks the committed files against SHA256SUMS offline (`sha256sum -c`); this script
 # proves SHA256SUMS is what the npm packages contain.
 set -euo pipefail
@@ -32,10 +33,18 @@ for entry in "${FILES[@]}"; do
   cp "$dir/package/$file" "$out/$name"
 done
 (cd "$out" && sha256sum -- *.js *.css | sort -k2 >SHA256SUMS)
+# The large files are also served gzipped (to browsers that accept it), compressed once here.
+for name in graphiql.min.js graphiql.min.css react-dom.production.min.js; do
+  gzip -9 -n -c "$out/$name" >"$out/$name.gz"
+done
 printf '%s\n' "${FILES[@]}" | awk '{ print $1 }' | sort -u >"$out/VERSIONS"
 
 if [ "${1:-}" = "--check" ]; then
-  diff -r "$out" assets/vendor && echo "assets/vendor matches the npm packages"
+  # gzip's bytes may differ between gzip versions: compare what they decompress to.
+  diff -r --exclude='*.gz' "$out" assets/vendor
+  for gz in assets/vendor/*.gz; do gunzip -c "$gz" | cmp - "${gz%.gz}"; done
+  diff <(cd "$out" && ls) <(cd assets/vendor && ls)
+  echo "assets/vendor matches the npm packages"
 else
   rm -rf assets/vendor
   cp -r "$out" assets/vendor

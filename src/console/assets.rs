@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::Settings;
@@ -13,6 +13,8 @@ struct Asset {
     path: &'static str,
     content_type: &'static str,
     body: &'static [u8],
+    /// The same bytes gzipped (`<path>.gz`), for the large vendored files.
+    gzip: Option<&'static [u8]>,
 }
 
 macro_rules! asset {
@@ -21,6 +23,15 @@ macro_rules! asset {
             path: $path,
             content_type: $type,
             body: include_bytes!(concat!("../../assets/", $path)),
+            gzip: None,
+        }
+    };
+    ($path:literal, $type:expr, gzip) => {
+        Asset {
+            path: $path,
+            content_type: $type,
+            body: include_bytes!(concat!("../../assets/", $path)),
+            gzip: Some(include_bytes!(concat!("../../assets/", $path, ".gz"))),
         }
     };
 }
@@ -32,9 +43,9 @@ const CSS: &str = "text/css; charset=utf-8";
 /// `assets/vendor/VERSIONS` (`scripts/vendor-assets.sh`, checked by `SHA256SUMS`).
 static ASSETS: &[Asset] = &[
     asset!("vendor/react.production.min.js", JS),
-    asset!("vendor/react-dom.production.min.js", JS),
-    asset!("vendor/graphiql.min.js", JS),
-    asset!("vendor/graphiql.min.css", CSS),
+    asset!("vendor/react-dom.production.min.js", JS, gzip),
+    asset!("vendor/graphiql.min.js", JS, gzip),
+    asset!("vendor/graphiql.min.css", CSS, gzip),
     asset!("vendor/graphql-ws.min.js", JS),
     asset!("graphiql/graphiql.js", JS),
     asset!("graphiql/graphiql.css", CSS),
@@ -116,7 +127,7 @@ pub(super) async fn console(State(pages): State<Pages>) -> Response {
     pages.page(CONSOLE_HTML)
 }
 
-pub(super) async fn asset(Path(path): Path<String>) -> Response {
+pub(super) async fn asset(Path(path): Path<String>, request: HeaderMap) -> Response {
     let Some(asset) = ASSETS.iter().find(|a| a.path == path) else {
         return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };
@@ -126,16 +137,39 @@ pub(super) async fn asset(Path(path): Path<String>) -> Response {
     } else {
         "no-cache"
     };
+    let gzip = asset.gzip.filter(|_| accepts_gzip(&request));
     let mut response = (
         [
             (header::CONTENT_TYPE, asset.content_type),
             (header::CACHE_CONTROL, cache),
         ],
-        asset.body,
+        gzip.unwrap_or(asset.body),
     )
         .into_response();
-    security_headers(response.headers_mut());
+    let headers = response.headers_mut();
+    if asset.gzip.is_some() {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if gzip.is_some() {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    security_headers(headers);
     response
+}
+
+/// `Accept-Encoding` names gzip without refusing it (`gzip;q=0`).
+fn accepts_gzip(request: &HeaderMap) -> bool {
+    request
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let refused = parts.any(|p| p.replace(' ', "") == "q=0" || p.replace(' ', "") == "q=0.0");
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 #[cfg(test)]
@@ -162,6 +196,21 @@ mod tests {
                 assert!(!part.starts_with("//"), "external reference {part}");
             }
         }
+    }
+
+    #[test]
+    fn gzip_only_when_accepted() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(v));
+            accepts_gzip(&h)
+        };
+        assert!(with("gzip, deflate, br, zstd"));
+        assert!(with("br;q=1.0, gzip;q=0.8"));
+        assert!(with("*"));
+        assert!(!with("gzip;q=0"));
+        assert!(!with("br, identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 
     #[test]

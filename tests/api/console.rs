@@ -72,6 +72,18 @@ on_both_backends! {
         let react = app.http.get(format!("{}/assets/vendor/react-dom.production.min.js", app.url)).send().await.unwrap();
         let text = react.text().await.unwrap();
         assert!(text.contains("react-dom.production.min.js"), "not the production build");
+
+        // The large files go gzipped to clients that take it, as they are to the others.
+        let url = format!("{}/assets/vendor/graphiql.min.js", app.url);
+        let plain = app.http.get(&url).send().await.unwrap();
+        assert!(plain.headers().get("content-encoding").is_none());
+        let plain_len = plain.bytes().await.unwrap().len();
+        let zipped = app.http.get(&url).header("accept-encoding", "gzip").send().await.unwrap();
+        assert_eq!(zipped.headers()["content-encoding"], "gzip");
+        assert_eq!(zipped.headers()["vary"], "accept-encoding");
+        let zipped = zipped.bytes().await.unwrap();
+        assert_eq!(&zipped[..2], &[0x1f, 0x8b], "gzip magic");
+        assert!(zipped.len() * 3 < plain_len, "{} vs {plain_len}", zipped.len());
     }
 }
 
