@@ -85,6 +85,8 @@ async fn upload_exit_codes_report_status_and_uploads() {
             "register-prepaid",
             "--workflow",
             DEMO_WORKFLOW,
+            "--workspace",
+            "demo-east",
         ],
     )
     .await;
@@ -271,6 +273,8 @@ async fn upload_exit_codes_report_status_and_uploads() {
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout.contains(&first), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with(&first)).unwrap();
+    assert!(row.contains("demo-east"), "--workspace: {row}");
     assert!(
         stdout.contains("COMPLETED_WITH_ERRORS") && stdout.contains("FAILED"),
         "{stdout}"

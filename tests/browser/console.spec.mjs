@@ -57,6 +57,16 @@ try {
   check((await page.locator('#who').textContent()).includes('alice'), 'dev sign-in as alice');
   check(await page.locator('#tenant option[value="demo-east"]').count() === 1, 'workspaces from tenants()');
 
+  // ---- the template, and a file dropped on the drop zone ----
+  const [template] = await Promise.all([page.waitForEvent('download'), page.click('#template')]);
+  check(readFileSync(await template.path(), 'utf8').startsWith('imei,imei2'), 'the template downloads');
+  await page.evaluate(() => {
+    const data = new DataTransfer();
+    data.items.add(new File(['imei\n490154203237518\n'], 'dropped.csv', { type: 'text/csv' }));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+  });
+  check((await page.locator('#file-info').textContent()).startsWith('dropped.csv'), 'a dropped file is chosen');
+
   // ---- upload 20,000 rows with bad ones ----
   await page.selectOption('#action', 'register-prepaid');
   await page.selectOption('#workflow', '68a5ae7a4cb9e87b88b7d344');
@@ -74,7 +84,7 @@ try {
     if (FINAL.includes(status)) break;
     await page.waitForTimeout(50);
   }
-  console.log(shotTaken ? 'ok   screenshot of the running upload' : 'note: the upload finished before a running screenshot');
+  console.log(shotTaken ? 'ok   screenshot of the 20,000-row upload while it runs' : 'note: the 20,000-row upload finished before a screenshot of it running');
   await page.locator('#cur-status', { hasText: 'COMPLETED_WITH_ERRORS' }).waitFor();
   check(await page.locator('#bar').getAttribute('value') === '100', 'the bar reaches 100 %');
   await page.locator('#cur-pct', { hasText: '100 %' }).waitFor();
