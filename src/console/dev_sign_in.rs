@@ -61,7 +61,8 @@ struct DevSignIn {
 pub(super) fn routes(app: &AppState) -> Router {
     let settings = &app.settings;
     let secret = if dev_sign_in_allowed(settings) {
-        match crate::startup::jwt_secret(settings) {
+        // Allowed only without a configured secret: the one generated in the data dir.
+        match crate::auth::load_or_create_secret(&settings.data_dir, "jwt-secret") {
             Ok(secret) => Some(secret),
             Err(err) => {
                 tracing::warn!(error = %err, "dev sign-in off: no secret");
