@@ -402,6 +402,13 @@
   guard(function () {
     var saved = null;
     try { saved = localStorage.getItem('fleetload.token'); } catch (e) { /* storage off */ }
-    return loadDevUsers().then(function () { if (saved) return signIn(saved); });
+    return loadDevUsers().then(function () {
+      if (!saved) return undefined;
+      // A saved token that expired (or a server with another secret) is forgotten.
+      return signIn(saved).catch(function (err) {
+        try { localStorage.removeItem('fleetload.token'); } catch (e) { /* storage off */ }
+        throw err;
+      });
+    });
   })();
 })();
