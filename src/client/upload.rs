@@ -38,8 +38,10 @@ const PREPARE: &str = "mutation($t: String!, $a: String!, $n: Int!, $d: Int!, $w
     prepareBatchUpload(tenantId: $t, assignActionId: $a, rowCount: $n, deviceType: $d, workflowId: $w, targetWorkspaceId: $ws) \
     { uploadId fileUpload { url fields } } }";
 const FINALIZE: &str = "mutation($t: String!, $id: String!, $w: String) { finalizeBatchUpload(tenantId: $t, uploadId: $id, workflowId: $w) }";
-const REPORT: &str =
-    "query($t: String!, $id: String!) { upload(tenantId: $t, uploadId: $id) { errorReport { url } } }";
+const REPORT: &str = "query($t: String!, $id: String!) { upload(tenantId: $t, uploadId: $id) { errorReport { url } errorReportStatus } }";
+
+/// How long `--report` waits for the background builder to store a pending report.
+const REPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Exit code 0 for COMPLETED, 2 for COMPLETED_WITH_ERRORS, 1 for anything else.
 pub async fn upload(client: &Client, args: &UploadArgs) -> Result<ExitCode, ClientError> {
@@ -174,9 +176,18 @@ async fn post_file(client: &Client, file_upload: &Value, path: &Path) -> Result<
 }
 
 async fn save_report(client: &Client, tenant: &str, upload_id: &str, path: &Path) -> Result<(), ClientError> {
-    let data = client
-        .gql(REPORT, json!({ "t": tenant, "id": upload_id }))
-        .await?;
+    // Reports are built in the background once an upload ends: wait while it is pending.
+    let waited = std::time::Instant::now();
+    let data = loop {
+        let data = client
+            .gql(REPORT, json!({ "t": tenant, "id": upload_id }))
+            .await?;
+        let pending = data["upload"]["errorReportStatus"] == "PENDING";
+        if !pending || waited.elapsed() > REPORT_PATIENCE {
+            break data;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
     let Some(url) = data["upload"]["errorReport"]["url"].as_str() else {
         println!("no error report: no row failed");
         return Ok(());
