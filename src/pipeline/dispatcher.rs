@@ -6,8 +6,17 @@
 //! rows in chunks. Re-running it (a redelivered job, a dispatcher that died) sends the same
 //! chunks again, which the workers ignore: the chunk size is recorded on the upload by the
 //! first dispatch and every later one uses it, whatever its own process is configured with.
+//!
+//! With chunks on SQS the fan-out is windowed: at most the window's number of an upload's
+//! chunks are sent and not yet applied. When the window is full the dispatch job becomes a continuation
+//! ([`JobPayload::ContinueDispatch`]) that comes back shortly, checks with one count whether
+//! enough chunks were applied, and if so streams the file again from the start (rebuilding
+//! the set of keys seen, so duplicates are marked as in one pass), skips the chunks already
+//! sent and sends the next ones. So a small upload is never behind more than a window of a
+//! large one's chunks, on SQS too, where messages have no order.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use chrono::Utc;
 use entity::prelude::*;
@@ -15,6 +24,7 @@ use entity::upload::{self, UploadStatus};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 
 use super::csv_file::{self, CsvFile, FileError};
+use super::fanout_window::Window;
 use crate::domain::DeviceType;
 use crate::domain::device_uid;
 use crate::queue::{ChunkJob, ChunkRow, JobPayload, Queue, QueueError};
@@ -24,10 +34,20 @@ use crate::webhook::Outbox;
 /// Chunks handed to the queue per send (SQS takes ten per call).
 const CHUNKS_PER_SEND: usize = 10;
 
+/// Default bound on an upload's chunks sent and not yet applied.
+pub const DEFAULT_FANOUT_WINDOW: usize = 16;
+
+/// How long a continuation waits before it looks at its window again; an idle worker wakes
+/// it earlier when the window has room ([`wake_continuations`]).
+pub const CONTINUE_AFTER: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchOutcome {
     /// The rows went out as `chunks` chunk jobs.
     FannedOut { rows: u32, chunks: u32 },
+    /// `sent` chunks went out and the window is full: the job goes on as `next` (a
+    /// [`JobPayload::ContinueDispatch`]) after [`CONTINUE_AFTER`].
+    Windowed { sent: u32, next: JobPayload },
     /// The file is not a usable CSV: the upload FAILED with this reason and no results.
     Rejected(String),
     /// The upload is not waiting for dispatch (cancelled, already finished, …).
@@ -62,6 +82,16 @@ pub struct Dispatcher<'a> {
     pub outbox: &'a Outbox,
     pub chunk_size: usize,
     pub max_rows: u32,
+    /// Bound on an upload's chunks sent and not yet applied.
+    pub window: Window,
+}
+
+/// How a fan-out ended.
+enum FanOut {
+    /// Every chunk from the start point on was sent (or was applied already).
+    Done { chunks: u32 },
+    /// The window is full; chunks from `next_chunk` on are still to be sent.
+    Paused { sent: u32, next_chunk: i32 },
 }
 
 impl Dispatcher<'_> {
@@ -115,9 +145,105 @@ impl Dispatcher<'_> {
             );
         }
 
-        let chunks = self.fan_out(&upload, device_type, &source, chunk_size).await?;
-        tracing::info!(rows, chunks, "upload dispatched");
-        Ok(DispatchOutcome::FannedOut { rows, chunks })
+        // A dispatch run again (redelivered, or resumed by the sweeper) starts over with the
+        // chunks already applied counted as such.
+        let room = self.window.room(0, 0);
+        self.fan_out(&upload, device_type, &source, chunk_size, 0, room)
+            .await
+            .map(|done| self.outcome(upload_id, rows, done))
+    }
+
+    /// Goes on with a fan-out paused before chunk `from`: a cheap count first, the file only
+    /// when the window has room.
+    #[tracing::instrument(skip_all, fields(upload_id, from))]
+    pub async fn resume(&self, upload_id: i64, from: i32) -> Result<DispatchOutcome, DispatchError> {
+        let upload = Upload::find_by_id(upload_id)
+            .one(self.db)
+            .await?
+            .ok_or(DispatchError::UploadMissing(upload_id))?;
+        // Cancelled, failed or finished meanwhile: the continuation ends here.
+        if upload.status != UploadStatus::Processing {
+            return Ok(DispatchOutcome::Skipped(upload.status));
+        }
+        let Some(device_type) = DeviceType::from_code(upload.device_type.into()) else {
+            return self
+                .reject(&upload, "the upload names an unknown device type".into())
+                .await;
+        };
+        let chunk_size = upload
+            .chunk_size
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| s > 0)
+            .unwrap_or(self.chunk_size);
+        let rows = upload.total_rows.map_or(0, |r| u32::try_from(r).unwrap_or(0));
+        let total_chunks = u64::from(rows).div_ceil(chunk_size as u64) as i64;
+        let applied = self.applied_below(upload_id, from).await?;
+        if !self
+            .window
+            .may_resume(from, applied, total_chunks - i64::from(from))
+        {
+            return Ok(DispatchOutcome::Windowed {
+                sent: 0,
+                next: self.continuation(upload_id, from),
+            });
+        }
+        let room = self.window.room(from, applied);
+        let source = snapshot_key(&upload.object_key);
+        self.fan_out(&upload, device_type, &source, chunk_size, from, room)
+            .await
+            .map(|done| self.outcome(upload_id, rows, done))
+    }
+
+    fn outcome(&self, upload_id: i64, rows: u32, done: FanOut) -> DispatchOutcome {
+        match done {
+            FanOut::Done { chunks } => {
+                tracing::info!(rows, chunks, "upload dispatched");
+                DispatchOutcome::FannedOut { rows, chunks }
+            }
+            FanOut::Paused { sent, next_chunk } => {
+                tracing::debug!(sent, next_chunk, "fan-out window full");
+                DispatchOutcome::Windowed {
+                    sent,
+                    next: self.continuation(upload_id, next_chunk),
+                }
+            }
+        }
+    }
+
+    fn continuation(&self, upload_id: i64, from: i32) -> JobPayload {
+        JobPayload::ContinueDispatch {
+            upload_id,
+            from_chunk: from,
+            resume_at_applied: self.window.resume_at_applied(from),
+        }
+    }
+
+    /// Applied chunks of the upload numbered below `from`.
+    async fn applied_below(&self, upload_id: i64, from: i32) -> Result<i64, DbErr> {
+        const SQL: &str = "SELECT COUNT(*) AS n FROM upload_chunks WHERE upload_id = $1 AND chunk < $2";
+        let row = self
+            .db
+            .query_one(crate::db::stmt(
+                self.db.get_database_backend(),
+                SQL,
+                [upload_id.into(), from.into()],
+            ))
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+    }
+
+    /// Applied chunks of the upload numbered `from` or more (a fan-out run again skips them).
+    async fn applied_from(&self, upload_id: i64, from: i32) -> Result<HashSet<i32>, DbErr> {
+        const SQL: &str = "SELECT chunk FROM upload_chunks WHERE upload_id = $1 AND chunk >= $2";
+        let rows = self
+            .db
+            .query_all(crate::db::stmt(
+                self.db.get_database_backend(),
+                SQL,
+                [upload_id.into(), from.into()],
+            ))
+            .await?;
+        rows.iter().map(|r| r.try_get::<i32>("", "chunk")).collect()
     }
 
     /// QUEUED → PROCESSING with the file's real row count (a re-run keeps `started_at`), and
@@ -161,13 +287,19 @@ impl Dispatcher<'_> {
         Ok(DispatchOutcome::Rejected(reason))
     }
 
+    /// Streams the file from its start (the keys of every earlier row are needed to mark
+    /// duplicates), skips chunks below `from` and those already applied, and sends at most
+    /// `room` chunks.
     async fn fan_out(
         &self,
         upload: &upload::Model,
         device_type: DeviceType,
         source: &str,
         chunk_size: usize,
-    ) -> Result<u32, DispatchError> {
+        from: i32,
+        room: u32,
+    ) -> Result<FanOut, DispatchError> {
+        let applied = self.applied_from(upload.id, from).await?;
         let mut file = CsvFile::open(self.storage.get(source).await?, device_type)
             .await
             .map_err(DispatchError::Read)?;
@@ -175,39 +307,60 @@ impl Dispatcher<'_> {
         let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
         let mut rows = Vec::with_capacity(chunk_size);
         let mut chunk = 0i32;
+        let mut in_chunk = 0usize;
+        let mut sent = 0u32;
         while let Some(row) = file.next_row().await.map_err(DispatchError::Read)? {
             let duplicate = match device_uid::normalize(device_type, &row.uid) {
                 Ok(key) => !seen.insert(dedupe_key(&key)),
                 // Invalid keys fail on their own; they cannot repeat a device.
                 Err(_) => false,
             };
-            rows.push(ChunkRow {
-                row_number: row.row_number,
-                uid: row.uid,
-                uid2: row.uid2,
-                duplicate,
-            });
-            if rows.len() == chunk_size {
+            in_chunk += 1;
+            let wanted = chunk >= from && !applied.contains(&chunk);
+            if wanted {
+                rows.push(ChunkRow {
+                    row_number: row.row_number,
+                    uid: row.uid,
+                    uid2: row.uid2,
+                    duplicate,
+                });
+            }
+            if in_chunk < chunk_size {
+                continue;
+            }
+            in_chunk = 0;
+            if wanted {
                 let full = std::mem::replace(&mut rows, Vec::with_capacity(chunk_size));
                 pending.push(JobPayload::ProcessChunk(ChunkJob {
                     upload_id: upload.id,
                     chunk,
                     rows: full,
                 }));
-                chunk += 1;
-                if pending.len() == CHUNKS_PER_SEND {
-                    self.chunks.send(&pending).await?;
-                    pending.clear();
-                    // Cancelled meanwhile: the workers would skip the rest anyway.
-                    if !self.still_processing(upload.id).await? {
-                        tracing::info!(
-                            upload_id = upload.id,
-                            chunks = chunk,
-                            "fan-out stopped: upload no longer processing"
-                        );
-                        return Ok(chunk as u32);
-                    }
+                sent += 1;
+            }
+            chunk += 1;
+            let window_full = sent == room;
+            if pending.len() == CHUNKS_PER_SEND || (window_full && !pending.is_empty()) {
+                self.chunks.send(&pending).await?;
+                pending.clear();
+                // Cancelled meanwhile: the workers would skip the rest anyway.
+                if !self.still_processing(upload.id).await? {
+                    tracing::info!(
+                        upload_id = upload.id,
+                        chunks = chunk,
+                        "fan-out stopped: upload no longer processing"
+                    );
+                    return Ok(FanOut::Done { chunks: sent });
                 }
+            }
+            if window_full {
+                return Ok(match file.next_row().await.map_err(DispatchError::Read)? {
+                    Some(_) => FanOut::Paused {
+                        sent,
+                        next_chunk: chunk,
+                    },
+                    None => FanOut::Done { chunks: sent },
+                });
             }
         }
         if !rows.is_empty() {
@@ -216,13 +369,32 @@ impl Dispatcher<'_> {
                 chunk,
                 rows,
             }));
-            chunk += 1;
+            sent += 1;
         }
         if !pending.is_empty() {
             self.chunks.send(&pending).await?;
         }
-        Ok(chunk as u32)
+        Ok(FanOut::Done { chunks: sent })
     }
+}
+
+/// Makes the dispatch continuations whose windows have room due at once (applied chunks of
+/// the upload reached the continuation's rank), so an idle worker does not wait out
+/// [`CONTINUE_AFTER`]. Returns how many it woke.
+pub async fn wake_continuations(db: &DatabaseConnection, dispatch_queue: &str) -> Result<u64, DbErr> {
+    // Rank 0 is a first dispatch (or one in backoff): left alone.
+    const SQL: &str = "UPDATE jobs SET run_at = $1 \
+                       WHERE queue = $2 AND state = 'available' AND run_at > $1 AND seq > 0 \
+                         AND upload_id IS NOT NULL \
+                         AND (SELECT COUNT(*) FROM upload_chunks c WHERE c.upload_id = jobs.upload_id) >= jobs.seq";
+    let result = db
+        .execute(crate::db::stmt(
+            db.get_database_backend(),
+            SQL,
+            [Utc::now().into(), dispatch_queue.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 /// FAILED with `reason`, unless the upload already reached a terminal state. Results

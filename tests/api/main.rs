@@ -10,6 +10,7 @@ mod auth;
 mod cancel;
 mod chunk_identity;
 mod error_report;
+mod fair_sqs;
 mod finalize;
 mod http_conformance;
 mod limits;
