@@ -84,6 +84,9 @@ pub struct Dispatcher<'a> {
     pub max_rows: u32,
     /// Bound on an upload's chunks sent and not yet applied.
     pub window: Window,
+    /// A paused fan-out whose upload has not changed for this long while the chunk queue is
+    /// empty lost its chunks (a purged queue): it sends the unapplied ones again.
+    pub stalled_after: Duration,
 }
 
 /// How a fan-out ended.
@@ -178,20 +181,39 @@ impl Dispatcher<'_> {
         let rows = upload.total_rows.map_or(0, |r| u32::try_from(r).unwrap_or(0));
         let total_chunks = u64::from(rows).div_ceil(chunk_size as u64) as i64;
         let applied = self.applied_below(upload_id, from).await?;
-        if !self
+        let (from, room) = if self
             .window
             .may_resume(from, applied, total_chunks - i64::from(from))
         {
+            (from, self.window.room(from, applied))
+        } else if self.stalled(&upload).await? {
+            tracing::warn!(
+                upload_id,
+                from,
+                applied,
+                "fan-out stalled with the chunk queue empty: sending unapplied chunks again"
+            );
+            (0, self.window.room(0, 0))
+        } else {
             return Ok(DispatchOutcome::Windowed {
                 sent: 0,
                 next: self.continuation(upload_id, from),
             });
-        }
-        let room = self.window.room(from, applied);
+        };
         let source = snapshot_key(&upload.object_key);
         self.fan_out(&upload, device_type, &source, chunk_size, from, room)
             .await
             .map(|done| self.outcome(upload_id, rows, done))
+    }
+
+    /// Chunks of the window are missing: nothing applied for `stalled_after` and the chunk
+    /// queue empty, as far as it tells (the sweeper's test, for a fan-out that is paused).
+    async fn stalled(&self, upload: &upload::Model) -> Result<bool, DispatchError> {
+        let quiet = Utc::now().signed_duration_since(upload.updated_at);
+        if quiet.to_std().unwrap_or_default() < self.stalled_after {
+            return Ok(false);
+        }
+        Ok(self.chunks.backlog().await? == Some(0))
     }
 
     fn outcome(&self, upload_id: i64, rows: u32, done: FanOut) -> DispatchOutcome {

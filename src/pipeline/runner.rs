@@ -363,6 +363,7 @@ impl Pipeline {
                 Some(_) => Window::new(0),
                 None => self.window,
             },
+            stalled_after: self.settlement.sweep_stale,
         };
         match payload {
             JobPayload::DispatchUpload { upload_id } => {

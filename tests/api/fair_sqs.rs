@@ -425,3 +425,41 @@ async fn on_sqs_a_worker_killed_mid_fan_out_is_replaced_and_the_upload_completes
     assert_eq!(applied_chunks(app, upload_id).await, 100);
     assert_eq!(app.count_jobs().await, 0);
 }
+
+/// The window's chunks are lost from the queue (purged): the paused fan-out would wait for
+/// them forever, and the sweeper leaves an upload with a live continuation alone. Once the
+/// upload has been quiet for the sweeper's staleness period and the queue is empty, the
+/// continuation sends the unapplied chunks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_sqs_a_fan_out_whose_chunks_were_lost_sends_them_again() {
+    let sqs = app_on_sqs(Backend::Sqlite, |s| {
+        s.chunk_size = 50;
+        s.fanout_window = 4;
+        s.sweep_stale_secs = 0;
+    })
+    .await;
+    let app = &sqs.app;
+    let id = app
+        .upload_csv(
+            &app.alice(),
+            json!({"rowCount": 1000}),
+            csv("imei", &imeis(66, 1000)),
+        )
+        .await;
+    let upload_id = internal_id(app, &id).await;
+    assert_eq!(app.pipeline.try_execute_next().await.unwrap(), Step::Done);
+    assert_eq!(sqs.messages().await, 4);
+    sqs.client
+        .purge_queue()
+        .queue_url(&sqs.queue_url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sqs.messages().await, 0);
+    assert_eq!(app.pipeline.sweep().await.unwrap(), 0, "the continuation is live");
+
+    drain_until_finished(app, &id).await;
+    assert_exact(app, &id, 1000).await;
+    assert_eq!(applied_chunks(app, upload_id).await, 20);
+    assert_eq!(app.count_jobs().await, 0);
+}
