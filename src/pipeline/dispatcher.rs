@@ -10,25 +10,27 @@
 //! With chunks on SQS the fan-out is windowed: at most the window's number of an upload's
 //! chunks are sent and not yet applied. When the window is full the dispatch job becomes a continuation
 //! ([`JobPayload::ContinueDispatch`]) that comes back shortly, checks with one count whether
-//! enough chunks were applied, and if so streams the file again from the start (rebuilding
-//! the set of keys seen, so duplicates are marked as in one pass), skips the chunks already
-//! sent and sends the next ones. So a small upload is never behind more than a window of a
+//! enough chunks were applied, and if so sends the next ones: reading on where the fan-out
+//! stopped when this process paused it ([`PausedFanOuts`]), else streaming the file again
+//! from the start (rebuilding the set of keys seen, so duplicates are marked as in one
+//! pass) and skipping the chunks already sent. So a small upload is never behind more than a window of a
 //! large one's chunks, on SQS too, where messages have no order.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 
-use super::csv_file::{self, CsvFile, FileError};
+use super::csv_file::{self, CsvFile, CsvRow, FileError};
 use super::fanout_window::Window;
 use crate::domain::DeviceType;
 use crate::domain::device_uid;
 use crate::queue::{ChunkJob, ChunkRow, JobPayload, Queue, QueueError};
-use crate::storage::{ObjectStore, StorageError, snapshot_key};
+use crate::storage::{ObjectReader, ObjectStore, StorageError, snapshot_key};
 use crate::webhook::Outbox;
 
 /// Chunks handed to the queue per send (SQS takes ten per call).
@@ -87,6 +89,53 @@ pub struct Dispatcher<'a> {
     /// A paused fan-out whose upload has not changed for this long while the chunk queue is
     /// empty lost its chunks (a purged queue): it sends the unapplied ones again.
     pub stalled_after: Duration,
+    /// Fan-outs this process paused, read on by their continuations when this process takes
+    /// them (`None`: every continuation reads the file from the start).
+    pub paused: Option<&'a PausedFanOuts>,
+}
+
+/// A fan-out paused behind its window, as far as it had read the file.
+pub struct PausedFanOut {
+    upload_id: i64,
+    /// The chunk the continuation starts at; `peeked` is its first row.
+    next_chunk: i32,
+    file: CsvFile<ObjectReader>,
+    seen: HashSet<u128>,
+    peeked: CsvRow,
+    since: Instant,
+}
+
+/// The fan-outs this process paused, so that their continuations, when this process takes
+/// them (usually: the process that paused one is idle soonest), read on instead of from the
+/// start of the file. Only a shortcut: a continuation elsewhere, or after an entry was
+/// dropped, reads from the start and sends the same chunks. A few at most (each holds an open
+/// file and its keys, 16 B per row read), none older than a minute.
+#[derive(Default)]
+pub struct PausedFanOuts(Mutex<Vec<PausedFanOut>>);
+
+impl PausedFanOuts {
+    const MAX: usize = 4;
+    const KEEP: Duration = Duration::from_secs(60);
+
+    /// The upload's paused fan-out if it stopped before chunk `next_chunk`; any other entry
+    /// of the upload is stale and dropped.
+    fn take(&self, upload_id: i64, next_chunk: i32) -> Option<PausedFanOut> {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = entries.iter().position(|p| p.upload_id == upload_id)?;
+        let entry = entries.swap_remove(at);
+        (entry.next_chunk == next_chunk && entry.since.elapsed() < Self::KEEP).then_some(entry)
+    }
+
+    fn keep(&self, paused: PausedFanOut) {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|p| p.upload_id != paused.upload_id && p.since.elapsed() < Self::KEEP);
+        if entries.len() >= Self::MAX
+            && let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].since)
+        {
+            entries.swap_remove(oldest);
+        }
+        entries.push(paused);
+    }
 }
 
 /// How a fan-out ended.
@@ -322,16 +371,29 @@ impl Dispatcher<'_> {
         room: u32,
     ) -> Result<FanOut, DispatchError> {
         let applied = self.applied_from(upload.id, from).await?;
-        let mut file = CsvFile::open(self.storage.get(source).await?, device_type)
-            .await
-            .map_err(DispatchError::Read)?;
-        let mut seen = HashSet::new();
+        // This process paused the fan-out itself: read on where it stopped.
+        let (mut file, mut seen, mut chunk, mut peeked) =
+            match self.paused.and_then(|p| p.take(upload.id, from)) {
+                Some(p) => (p.file, p.seen, from, Some(p.peeked)),
+                None => {
+                    let file = CsvFile::open(self.storage.get(source).await?, device_type)
+                        .await
+                        .map_err(DispatchError::Read)?;
+                    (file, HashSet::new(), 0, None)
+                }
+            };
         let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
         let mut rows = Vec::with_capacity(chunk_size);
-        let mut chunk = 0i32;
         let mut in_chunk = 0usize;
         let mut sent = 0u32;
-        while let Some(row) = file.next_row().await.map_err(DispatchError::Read)? {
+        loop {
+            let row = match peeked.take() {
+                Some(row) => row,
+                None => match file.next_row().await.map_err(DispatchError::Read)? {
+                    Some(row) => row,
+                    None => break,
+                },
+            };
             let duplicate = match device_uid::normalize(device_type, &row.uid) {
                 Ok(key) => !seen.insert(dedupe_key(&key)),
                 // Invalid keys fail on their own; they cannot repeat a device.
@@ -376,12 +438,22 @@ impl Dispatcher<'_> {
                 }
             }
             if window_full {
-                return Ok(match file.next_row().await.map_err(DispatchError::Read)? {
-                    Some(_) => FanOut::Paused {
-                        sent,
+                let Some(next) = file.next_row().await.map_err(DispatchError::Read)? else {
+                    return Ok(FanOut::Done { chunks: sent });
+                };
+                if let Some(paused) = self.paused {
+                    paused.keep(PausedFanOut {
+                        upload_id: upload.id,
                         next_chunk: chunk,
-                    },
-                    None => FanOut::Done { chunks: sent },
+                        file,
+                        seen,
+                        peeked: next,
+                        since: Instant::now(),
+                    });
+                }
+                return Ok(FanOut::Paused {
+                    sent,
+                    next_chunk: chunk,
                 });
             }
         }
@@ -447,8 +519,58 @@ pub fn dedupe_key(normalized: &str) -> u128 {
 
 #[cfg(test)]
 mod tests {
-    use super::dedupe_key;
+    use super::{PausedFanOut, PausedFanOuts, dedupe_key};
+    use crate::domain::DeviceType;
+    use crate::pipeline::csv_file::{CsvFile, CsvRow};
     use proptest::prelude::*;
+
+    async fn paused(upload_id: i64, next_chunk: i32) -> PausedFanOut {
+        let bytes = b"imei\n490154203237518\n".to_vec();
+        let file = CsvFile::open(
+            Box::pin(std::io::Cursor::new(bytes)) as crate::storage::ObjectReader,
+            DeviceType::Smartphone,
+        )
+        .await
+        .unwrap();
+        PausedFanOut {
+            upload_id,
+            next_chunk,
+            file,
+            seen: Default::default(),
+            peeked: CsvRow {
+                row_number: 1,
+                uid: String::new(),
+                uid2: None,
+            },
+            since: std::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paused_fan_out_is_taken_once_and_only_at_its_chunk() {
+        let cache = PausedFanOuts::default();
+        cache.keep(paused(1, 16).await);
+        assert!(cache.take(1, 16).is_some());
+        assert!(cache.take(1, 16).is_none(), "taken once");
+        cache.keep(paused(1, 16).await);
+        assert!(
+            cache.take(1, 8).is_none(),
+            "another resume point reads from the start"
+        );
+        assert!(cache.take(1, 16).is_none(), "and drops the stale entry");
+    }
+
+    #[tokio::test]
+    async fn few_paused_fan_outs_are_kept_the_oldest_dropped() {
+        let cache = PausedFanOuts::default();
+        for upload in 1..=PausedFanOuts::MAX as i64 + 1 {
+            cache.keep(paused(upload, 16).await);
+        }
+        assert!(cache.take(1, 16).is_none(), "the oldest made room");
+        for upload in 2..=PausedFanOuts::MAX as i64 + 1 {
+            assert!(cache.take(upload, 16).is_some(), "{upload}");
+        }
+    }
 
     #[test]
     fn leading_zeros_do_not_collide() {

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::dispatcher::{
-    CONTINUE_AFTER, DEFAULT_FANOUT_WINDOW, DispatchOutcome, Dispatcher, fail_upload, wake_continuations,
+    CONTINUE_AFTER, DEFAULT_FANOUT_WINDOW, DispatchOutcome, Dispatcher, PausedFanOuts, fail_upload,
+    wake_continuations,
 };
 use super::fanout_window::Window;
 use super::sweeper::Sweeper;
@@ -141,6 +142,8 @@ pub struct Pipeline {
     /// Bound on an upload's chunks sent and not yet applied, with chunks on a queue that
     /// has no order.
     window: Window,
+    /// Fan-outs this process paused behind their windows.
+    paused: PausedFanOuts,
     /// Leases of a dead predecessor are ended once, before the first claim.
     recovered: OnceCell<()>,
     /// The embedded data dir's lock, held while this process runs workers.
@@ -179,6 +182,7 @@ impl Pipeline {
             settings,
             settlement: Settlement::default(),
             window: Window::new(DEFAULT_FANOUT_WINDOW),
+            paused: PausedFanOuts::default(),
             recovered: OnceCell::new(),
             sole: Mutex::new(None),
         }
@@ -364,6 +368,7 @@ impl Pipeline {
                 None => self.window,
             },
             stalled_after: self.settlement.sweep_stale,
+            paused: Some(&self.paused),
         };
         match payload {
             JobPayload::DispatchUpload { upload_id } => {

@@ -19,6 +19,7 @@ use crate::processes::{WorkerProcess, database_url};
 
 struct Sqs {
     app: TestApp,
+    sdk: aws_config::SdkConfig,
     client: aws_sdk_sqs::Client,
     queue_url: String,
     moto: moto::MotoServer,
@@ -48,11 +49,12 @@ async fn app_on_sqs(backend: Backend, configure: impl FnOnce(&mut fleetload::con
             s.sqs_endpoint_url = Some(endpoint);
             configure(s);
         },
-        Some(sdk),
+        Some(sdk.clone()),
     )
     .await;
     Sqs {
         app,
+        sdk,
         client,
         queue_url,
         moto,
@@ -461,5 +463,75 @@ async fn on_sqs_a_fan_out_whose_chunks_were_lost_sends_them_again() {
     drain_until_finished(app, &id).await;
     assert_exact(app, &id, 1000).await;
     assert_eq!(applied_chunks(app, upload_id).await, 20);
+    assert_eq!(app.count_jobs().await, 0);
+}
+
+/// Another process takes the continuation: it has not read the file, so it reads it from
+/// the start, and a key repeated from the first window is still marked DUPLICATE_IN_FILE
+/// in a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_sqs_a_continuation_taken_by_another_process_reads_the_file_from_the_start() {
+    use std::sync::Arc;
+    let sqs = app_on_sqs(Backend::Postgres, |s| {
+        s.chunk_size = 50;
+        s.fanout_window = 4;
+    })
+    .await;
+    let app = &sqs.app;
+    let mut keys = imeis(67, 1000);
+    keys[900] = keys[10].clone();
+    keys[300] = "not-an-imei".into();
+    let id = app
+        .upload_csv(&app.alice(), json!({"rowCount": 1000}), csv("imei", &keys))
+        .await;
+    assert_eq!(app.pipeline.try_execute_next().await.unwrap(), Step::Done);
+    assert_eq!(sqs.messages().await, 4);
+
+    // A second process on the same database, storage and queues; the first does nothing
+    // more.
+    let endpoint = url::Url::parse(&sqs.moto.url).unwrap();
+    let chunks = fleetload::queue::SqsQueue::new(&sqs.sdk, sqs.queue_url.clone(), Some(&endpoint))
+        .await
+        .unwrap();
+    let other = fleetload::pipeline::Pipeline::new(
+        app.state.db.clone(),
+        app.state.storage.clone(),
+        Arc::new(fleetload::queue::DbQueue::new(
+            app.state.db.clone(),
+            DISPATCH_QUEUE,
+            5,
+        )),
+        Arc::new(chunks),
+        Arc::new(fleetload::progress::ProgressBus::for_database(&app.state.db)),
+        fleetload::pipeline::PipelineSettings {
+            chunk_size: 50,
+            max_rows: 1_000_000,
+            lease: Duration::from_secs(30),
+            poll_wait: Duration::ZERO,
+        },
+    )
+    .with_fanout_window(4);
+    let started = Instant::now();
+    let upload = loop {
+        drain(&other).await;
+        let upload = app.upload_state(&app.alice(), "demo", &id).await;
+        if upload["status"] != "PROCESSING" {
+            break upload;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{upload}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(upload["status"], "COMPLETED_WITH_ERRORS", "{upload}");
+    assert_eq!(
+        (upload["processedRows"].clone(), upload["failed"].clone()),
+        (json!(1000), json!(2))
+    );
+    let results = app.results(&id).await;
+    assert_eq!(
+        results.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=1000).collect::<Vec<_>>()
+    );
+    assert_eq!(results[300].3.as_deref(), Some("INVALID_DEVICE_UID"));
+    assert_eq!(results[900].3.as_deref(), Some("DUPLICATE_IN_FILE"));
     assert_eq!(app.count_jobs().await, 0);
 }
