@@ -8,13 +8,13 @@
 //! first dispatch and every later one uses it, whatever its own process is configured with.
 //!
 //! With chunks on SQS the fan-out is windowed: at most the window's number of an upload's
-//! chunks are sent and not yet applied. When the window is full the dispatch job becomes a continuation
-//! ([`JobPayload::ContinueDispatch`]) that comes back shortly, checks with one count whether
-//! enough chunks were applied, and if so sends the next ones: reading on where the fan-out
-//! stopped when this process paused it ([`PausedFanOuts`]), else streaming the file again
-//! from the start (rebuilding the set of keys seen, so duplicates are marked as in one
-//! pass) and skipping the chunks already sent. So a small upload is never behind more than a window of a
-//! large one's chunks, on SQS too, where messages have no order.
+//! chunks are sent and not yet applied. When the window is full the dispatch job becomes a
+//! continuation ([`JobPayload::ContinueDispatch`]) that comes back shortly, checks with one
+//! count whether enough chunks were applied, and if so sends the next ones: reading on where
+//! the fan-out stopped when this process paused it ([`PausedFanOuts`]), else streaming the
+//! file again from the start (rebuilding the set of keys seen, so duplicates are marked as
+//! in one pass) and skipping the chunks already sent. So a small upload never queues behind
+//! more than a window of a large one's chunks, although SQS messages have no order.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -359,8 +359,8 @@ impl Dispatcher<'_> {
     }
 
     /// Streams the file from its start (the keys of every earlier row are needed to mark
-    /// duplicates), skips chunks below `from` and those already applied, and sends at most
-    /// `room` chunks.
+    /// duplicates), or from where this process paused it before chunk `from`; skips chunks
+    /// below `from` and those already applied, and sends at most `room` chunks.
     async fn fan_out(
         &self,
         upload: &upload::Model,
