@@ -1,4 +1,7 @@
-//! The `fleetload` command line: `serve` (default), `migrate`, `schema`, `token`.
+//! The `fleetload` command line: `serve` (default), `migrate`, `schema`, `token`, and the
+//! client commands `upload`, `status`, `uploads` (src/client/).
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +31,29 @@ pub enum Command {
     Schema,
     /// Print a dev token signed with the embedded secret of --data-dir.
     Token(TokenArgs),
+    /// Upload a CSV to a running server and follow it to its end; exit code 0 for COMPLETED,
+    /// 2 for COMPLETED_WITH_ERRORS, 1 for FAILED, CANCELLED or any error.
+    Upload(Box<crate::client::UploadArgs>),
+    /// Print one upload of a running server.
+    Status(StatusArgs),
+    /// List the newest uploads of a running server.
+    Uploads(UploadsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    pub upload_id: String,
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UploadsArgs {
+    /// How many, newest first (1 to 500).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub first: u32,
+    #[command(flatten)]
+    pub client: crate::client::ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,9 +72,33 @@ pub struct TokenArgs {
     pub ttl_secs: i64,
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Upload(args) => {
+            return Ok(client_command(&settings, &args.client, async |c| {
+                crate::client::upload(&c, &args).await
+            })
+            .await);
+        }
+        Command::Status(args) => {
+            let (tenant, id) = (&args.client.tenant, &args.upload_id);
+            return Ok(client_command(&settings, &args.client, async |c| {
+                crate::client::status(&c, tenant, id)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            })
+            .await);
+        }
+        Command::Uploads(args) => {
+            let (tenant, first) = (&args.client.tenant, args.first);
+            return Ok(client_command(&settings, &args.client, async |c| {
+                crate::client::uploads(&c, tenant, first)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            })
+            .await);
+        }
         Command::Serve => {
             telemetry::init(settings.log_json);
             Application::build(settings).await?.run_until_stopped().await?;
@@ -81,5 +131,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a client command; any error is printed with its code and exits with 1.
+async fn client_command(
+    settings: &Settings,
+    args: &crate::client::ClientArgs,
+    command: impl AsyncFnOnce(crate::client::Client) -> Result<ExitCode, crate::client::ClientError>,
+) -> ExitCode {
+    let client = match crate::client::Client::new(settings, args) {
+        Ok(client) => client,
+        Err(err) => return crate::client::report_error(&err),
+    };
+    command(client)
+        .await
+        .unwrap_or_else(|err| crate::client::report_error(&err))
 }

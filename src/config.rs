@@ -384,6 +384,18 @@ pub struct Settings {
     )]
     pub worker_db_max_connections: u32,
 
+    // --- Operator console (/ui) and GraphiQL ---
+    /// Let `/ui` mint tokens for the demo users (alice, bob). Only ever with HS256 and the
+    /// secret generated in the data dir (never with `--jwks-url` or `--jwt-secret`); default:
+    /// on for the embedded database, off otherwise.
+    #[arg(
+        long,
+        env = "FLEETLOAD_DEV_SIGN_IN",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dev_sign_in: Option<bool>,
+
     // ---- Fair scheduling with chunks on SQS (issue #9, "fair scheduling") ----
     /// With chunks on SQS, most chunks of one upload on the queue and not yet applied; the
     /// dispatcher sends more as they are applied. Bounds how many of a large upload's chunks

@@ -118,6 +118,11 @@ impl Application {
         &self.state
     }
 
+    /// The pipeline's own pool, apart from the API's (`state().db`).
+    pub fn worker_db(&self) -> &DatabaseConnection {
+        &self.worker_db
+    }
+
     /// The pipeline this process runs; tests drain it step by step.
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline

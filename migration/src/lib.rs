@@ -5,7 +5,9 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_tables;
 mod m20261123_000002_create_upload_chunks;
 mod m20261124_000001_add_error_report_key;
-mod m20261201_000003_job_settlement;
+/// Public so a test can run its backfill again on jobs queued in the old shape: the migration
+/// after it cannot be reverted, so `Migrator::down` no longer reaches it.
+pub mod m20261201_000003_job_settlement;
 mod m20261201_000004_reports_chunks_catalog;
 
 pub struct Migrator;

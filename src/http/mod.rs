@@ -7,11 +7,10 @@ pub mod rate_limit;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
@@ -32,16 +31,17 @@ pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router
     let limiter =
         rate_limit::RateLimiter::new(app.settings.rate_limit_per_sec, app.settings.rate_limit_burst);
     let mut router = Router::new()
-        .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_http::post))
         .route("/graphql/realtime", get(realtime))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Http {
-            app,
+            app: app.clone(),
             schema,
             limiter: limiter.map(Arc::new),
-        });
+        })
+        // GraphiQL at `/`, the console at `/ui` and their assets (src/console/).
+        .merge(crate::console::routes(&app));
     if let Some(extra) = extra {
         router = router.merge(extra);
     }
@@ -75,15 +75,6 @@ async fn graphql_get(State(http): State<Http>, request: axum::extract::Request) 
 /// AppSync's real-time WebSocket flavour.
 async fn realtime(State(http): State<Http>, request: axum::extract::Request) -> axum::response::Response {
     crate::websocket::appsync::accept(http.app, http.schema, request).await
-}
-
-async fn graphiql() -> impl IntoResponse {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("fleetload")
-            .finish(),
-    )
 }
 
 /// The process is up.

@@ -70,6 +70,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub state: AppState,
     pub pipeline: Arc<Pipeline>,
+    /// The pipeline's own pool (the API's is `state.db`).
+    pub worker_db: sea_orm::DatabaseConnection,
     pub settings: Settings,
     pub data_dir: TempDir,
     pub backend: Backend,
@@ -134,6 +136,7 @@ async fn start(
     let url = app.public_url().as_str().trim_end_matches('/').to_owned();
     let state = app.state().clone();
     let pipeline = app.pipeline().clone();
+    let worker_db = app.worker_db().clone();
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
@@ -143,6 +146,7 @@ async fn start(
         http: reqwest::Client::new(),
         state,
         pipeline,
+        worker_db,
         settings,
         data_dir,
         backend,
@@ -285,7 +289,7 @@ impl TestApp {
     /// returns how many it built.
     pub async fn build_reports(&self) -> usize {
         let builder =
-            fleetload::uploads::ReportBuilder::new(self.state.db.clone(), self.state.storage.clone());
+            fleetload::uploads::ReportBuilder::new(self.worker_db.clone(), self.state.storage.clone());
         let mut built = 0;
         while builder.try_build_next().await.expect("database reachable") == fleetload::uploads::Built::Done {
             built += 1;

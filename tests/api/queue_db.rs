@@ -461,7 +461,7 @@ on_both_backends! {
     }
 
     async fn jobs_queued_before_the_settlement_migration_get_their_upload_and_rank(app: TestApp) {
-        use migration::MigratorTrait;
+        use migration::MigrationTrait;
         let q = queue(&app, 5);
         q.send(&[chunk(23, 4), JobPayload::DispatchUpload { upload_id: 24 }]).await.unwrap();
         let now = Utc::now();
@@ -481,8 +481,11 @@ on_both_backends! {
         .await
         .unwrap();
 
-        migration::Migrator::down(&app.state.db, Some(1)).await.unwrap();
-        migration::Migrator::up(&app.state.db, None).await.unwrap();
+        // Only this migration, down and up: the one after it cannot be reverted.
+        let manager = migration::SchemaManager::new(&app.state.db);
+        let settlement = migration::m20261201_000003_job_settlement::Migration;
+        settlement.down(&manager).await.unwrap();
+        settlement.up(&manager).await.unwrap();
 
         let mut rows: Vec<_> = jobs_of(&app, &q)
             .await
