@@ -3,14 +3,16 @@
 //!   two worker processes, the default lease): how long until another worker has taken over
 //!   every job the dead one held; and the same when the process is restarted at once under
 //!   its `FLEETLOAD_WORKER_ID`;
-//! - fairness: how soon a 100-row upload finalized behind a large one (whose chunks are all
-//!   queued) finishes, with chunks on the job table (SQLite, PostgreSQL) and on SQS (moto,
-//!   which, like SQS, gives no order).
+//! - fairness: how soon a 100-row upload finalized behind a large one (whose first dispatch
+//!   is done) finishes, with chunks on the job table (SQLite, PostgreSQL) and on SQS (moto,
+//!   which, like SQS, gives no order), there without and with the fan-out window; the large
+//!   upload's own time shows what the window costs it.
 //!
 //! Prints numbers; asserts only that every upload completes exactly.
 //! `cargo bench --bench settlement` (large upload size from `FLEETLOAD_BENCH_ROWS`, default
 //! 100000; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`; moto from `FLEETLOAD_TEST_MOTO_URL` or a
-//! `moto_server` child; each part is skipped when its service is unavailable).
+//! `moto_server` child; each part is skipped when its service is unavailable;
+//! `FLEETLOAD_BENCH_SQS_ONLY=1` runs the SQS fairness part alone).
 
 mod common;
 #[path = "../tests/api/moto.rs"]
@@ -205,6 +207,11 @@ async fn main() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
 
     println!("job settlement: {rows}-row REGISTER uploads, chunks of 2000 rows");
+    // Only the SQS fairness figures (e.g. with a million rows).
+    if std::env::var_os("FLEETLOAD_BENCH_SQS_ONLY").is_some() {
+        sqs_fairness(rows).await;
+        return;
+    }
     for restart in [false, true] {
         let Some(url) = fresh_pg_database(&admin).await else {
             println!("PostgreSQL unreachable at {admin}: kill -9 stall skipped");
@@ -311,14 +318,17 @@ async fn kill9_stall(url: &str, rows: usize, restart: bool) {
 /// A 100-row upload finalized once every chunk of a large one is queued.
 async fn fairness(label: &str, settings: Settings, aws: Option<aws_config::SdkConfig>, rows: usize) {
     let on_job_table = settings.sqs_queue_url.is_none();
+    let window = settings.fanout_window;
     let server = start(settings, aws).await;
     let big = server.submit(rows, 2).await;
     let started = Instant::now();
     loop {
         let u = server.upload(big).await;
+        // The first dispatch is done (rank 0; a paused fan-out's continuation ranks higher).
         let dispatching = Job::find()
             .filter(job::Column::UploadId.eq(big))
             .filter(job::Column::Queue.eq(fleetload::queue::DISPATCH_QUEUE))
+            .filter(job::Column::Seq.eq(0))
             .count(&server.db)
             .await
             .unwrap();
@@ -345,10 +355,10 @@ async fn fairness(label: &str, settings: Settings, aws: Option<aws_config::SdkCo
             "still processing"
         },
         big_took.num_milliseconds() as f64 / 1000.0,
-        if on_job_table {
-            ""
-        } else {
-            " [SQS: no claim order]"
+        match (on_job_table, window) {
+            (true, _) => String::new(),
+            (false, 0) => " [SQS, no fan-out window: no order at all]".to_owned(),
+            (false, w) => format!(" [SQS, fan-out window {w} chunks]"),
         },
     );
 }
@@ -368,19 +378,24 @@ async fn sqs_fairness(rows: usize) {
     let moto = moto::s3_endpoint().await;
     let sdk = moto::sdk_config(&moto.url);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("flbench-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::embedded(dir.path());
-    settings.workers = Some(2);
-    settings.sqs_queue_url = Some(queue_url);
-    settings.sqs_endpoint_url = Some(url::Url::parse(&moto.url).unwrap());
-    fairness("SQS (moto), SQLite", settings, Some(sdk), rows).await;
+    // Without the window (every chunk sent at once, as before it) and with the default; a
+    // queue each (the first server's workers still run).
+    for window in [0, Settings::embedded("/tmp").fanout_window] {
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("flbench-{}", uuid::Uuid::new_v4().simple()))
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::embedded(dir.path());
+        settings.workers = Some(2);
+        settings.sqs_queue_url = Some(queue_url);
+        settings.sqs_endpoint_url = Some(url::Url::parse(&moto.url).unwrap());
+        settings.fanout_window = window;
+        fairness("SQS (moto), SQLite", settings, Some(sdk.clone()), rows).await;
+    }
 }

@@ -395,6 +395,14 @@ pub struct Settings {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub dev_sign_in: Option<bool>,
+
+    // ---- Fair scheduling with chunks on SQS (issue #9, "fair scheduling") ----
+    /// With chunks on SQS, most chunks of one upload on the queue and not yet applied; the
+    /// dispatcher sends more as they are applied. Bounds how many of a large upload's chunks
+    /// a small one queues behind (SQS has no order); 0: no bound (every chunk sent at once).
+    /// The job table needs none: it claims chunks by their first row across uploads.
+    #[arg(long, env = "FLEETLOAD_FANOUT_WINDOW", default_value_t = 16, global = true)]
+    pub fanout_window: usize,
 }
 
 /// Who may introspect the schema.

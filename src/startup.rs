@@ -265,7 +265,8 @@ impl Components {
                 },
             )
             .with_outbox(outbox)
-            .with_settlement(settlement),
+            .with_settlement(settlement)
+            .with_fanout_window(settings.fanout_window),
         );
         Ok(Self {
             db,

@@ -6,28 +6,50 @@
 //! rows in chunks. Re-running it (a redelivered job, a dispatcher that died) sends the same
 //! chunks again, which the workers ignore: the chunk size is recorded on the upload by the
 //! first dispatch and every later one uses it, whatever its own process is configured with.
+//!
+//! With chunks on SQS the fan-out is windowed: at most the window's number of an upload's
+//! chunks are sent and not yet applied. When the window is full the dispatch job becomes a
+//! continuation ([`JobPayload::ContinueDispatch`]) that comes back shortly, checks with one
+//! count whether enough chunks were applied, and if so sends the next ones: reading on where
+//! the fan-out stopped when this process paused it ([`PausedFanOuts`]), else streaming the
+//! file again from the start (rebuilding the set of keys seen, so duplicates are marked as
+//! in one pass) and skipping the chunks already sent. So a small upload never queues behind
+//! more than a window of a large one's chunks, although SQS messages have no order.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 
-use super::csv_file::{self, CsvFile, FileError};
+use super::csv_file::{self, CsvFile, CsvRow, FileError};
+use super::fanout_window::Window;
 use crate::domain::DeviceType;
 use crate::domain::device_uid;
 use crate::queue::{ChunkJob, ChunkRow, JobPayload, Queue, QueueError};
-use crate::storage::{ObjectStore, StorageError, snapshot_key};
+use crate::storage::{ObjectReader, ObjectStore, StorageError, snapshot_key};
 use crate::webhook::Outbox;
 
 /// Chunks handed to the queue per send (SQS takes ten per call).
 const CHUNKS_PER_SEND: usize = 10;
 
+/// Default bound on an upload's chunks sent and not yet applied.
+pub const DEFAULT_FANOUT_WINDOW: usize = 16;
+
+/// How long a continuation waits before it looks at its window again; an idle worker wakes
+/// it earlier when the window has room ([`wake_continuations`]).
+pub const CONTINUE_AFTER: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DispatchOutcome {
     /// The rows went out as `chunks` chunk jobs.
     FannedOut { rows: u32, chunks: u32 },
+    /// `sent` chunks went out and the window is full: the job goes on as `next` (a
+    /// [`JobPayload::ContinueDispatch`]) after [`CONTINUE_AFTER`].
+    Windowed { sent: u32, next: JobPayload },
     /// The file is not a usable CSV: the upload FAILED with this reason and no results.
     Rejected(String),
     /// The upload is not waiting for dispatch (cancelled, already finished, …).
@@ -62,6 +84,66 @@ pub struct Dispatcher<'a> {
     pub outbox: &'a Outbox,
     pub chunk_size: usize,
     pub max_rows: u32,
+    /// Bound on an upload's chunks sent and not yet applied.
+    pub window: Window,
+    /// A paused fan-out whose upload has not changed for this long while the chunk queue is
+    /// empty lost its chunks (a purged queue): it sends the unapplied ones again.
+    pub stalled_after: Duration,
+    /// Fan-outs this process paused, read on by their continuations when this process takes
+    /// them (`None`: every continuation reads the file from the start).
+    pub paused: Option<&'a PausedFanOuts>,
+}
+
+/// A fan-out paused behind its window, as far as it had read the file.
+pub struct PausedFanOut {
+    upload_id: i64,
+    /// The chunk the continuation starts at; `peeked` is its first row.
+    next_chunk: i32,
+    file: CsvFile<ObjectReader>,
+    seen: HashSet<u128>,
+    peeked: CsvRow,
+    since: Instant,
+}
+
+/// The fan-outs this process paused, so that their continuations, when this process takes
+/// them (usually: the process that paused one is idle soonest), read on instead of from the
+/// start of the file. Only a shortcut: a continuation elsewhere, or after an entry was
+/// dropped, reads from the start and sends the same chunks. A few at most (each holds an open
+/// file and its keys, 16 B per row read), none older than a minute.
+#[derive(Default)]
+pub struct PausedFanOuts(Mutex<Vec<PausedFanOut>>);
+
+impl PausedFanOuts {
+    const MAX: usize = 4;
+    const KEEP: Duration = Duration::from_secs(60);
+
+    /// The upload's paused fan-out if it stopped before chunk `next_chunk`; any other entry
+    /// of the upload is stale and dropped.
+    fn take(&self, upload_id: i64, next_chunk: i32) -> Option<PausedFanOut> {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = entries.iter().position(|p| p.upload_id == upload_id)?;
+        let entry = entries.swap_remove(at);
+        (entry.next_chunk == next_chunk && entry.since.elapsed() < Self::KEEP).then_some(entry)
+    }
+
+    fn keep(&self, paused: PausedFanOut) {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|p| p.upload_id != paused.upload_id && p.since.elapsed() < Self::KEEP);
+        if entries.len() >= Self::MAX
+            && let Some(oldest) = (0..entries.len()).min_by_key(|&i| entries[i].since)
+        {
+            entries.swap_remove(oldest);
+        }
+        entries.push(paused);
+    }
+}
+
+/// How a fan-out ended.
+enum FanOut {
+    /// Every chunk from the start point on was sent (or was applied already).
+    Done { chunks: u32 },
+    /// The window is full; chunks from `next_chunk` on are still to be sent.
+    Paused { sent: u32, next_chunk: i32 },
 }
 
 impl Dispatcher<'_> {
@@ -115,9 +197,124 @@ impl Dispatcher<'_> {
             );
         }
 
-        let chunks = self.fan_out(&upload, device_type, &source, chunk_size).await?;
-        tracing::info!(rows, chunks, "upload dispatched");
-        Ok(DispatchOutcome::FannedOut { rows, chunks })
+        // A dispatch run again (redelivered, or resumed by the sweeper) starts over with the
+        // chunks already applied counted as such.
+        let room = self.window.room(0, 0);
+        self.fan_out(&upload, device_type, &source, chunk_size, 0, room)
+            .await
+            .map(|done| self.outcome(upload_id, rows, done))
+    }
+
+    /// Goes on with a fan-out paused before chunk `from`: a cheap count first, the file only
+    /// when the window has room.
+    #[tracing::instrument(skip_all, fields(upload_id, from))]
+    pub async fn resume(&self, upload_id: i64, from: i32) -> Result<DispatchOutcome, DispatchError> {
+        let upload = Upload::find_by_id(upload_id)
+            .one(self.db)
+            .await?
+            .ok_or(DispatchError::UploadMissing(upload_id))?;
+        // Cancelled, failed or finished meanwhile: the continuation ends here.
+        if upload.status != UploadStatus::Processing {
+            return Ok(DispatchOutcome::Skipped(upload.status));
+        }
+        let Some(device_type) = DeviceType::from_code(upload.device_type.into()) else {
+            return self
+                .reject(&upload, "the upload names an unknown device type".into())
+                .await;
+        };
+        let chunk_size = upload
+            .chunk_size
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| s > 0)
+            .unwrap_or(self.chunk_size);
+        let rows = upload.total_rows.map_or(0, |r| u32::try_from(r).unwrap_or(0));
+        let total_chunks = u64::from(rows).div_ceil(chunk_size as u64) as i64;
+        let applied = self.applied_below(upload_id, from).await?;
+        let (from, room) = if self
+            .window
+            .may_resume(from, applied, total_chunks - i64::from(from))
+        {
+            (from, self.window.room(from, applied))
+        } else if self.stalled(&upload).await? {
+            tracing::warn!(
+                upload_id,
+                from,
+                applied,
+                "fan-out stalled with the chunk queue empty: sending unapplied chunks again"
+            );
+            (0, self.window.room(0, 0))
+        } else {
+            return Ok(DispatchOutcome::Windowed {
+                sent: 0,
+                next: self.continuation(upload_id, from),
+            });
+        };
+        let source = snapshot_key(&upload.object_key);
+        self.fan_out(&upload, device_type, &source, chunk_size, from, room)
+            .await
+            .map(|done| self.outcome(upload_id, rows, done))
+    }
+
+    /// Chunks of the window are missing: nothing applied for `stalled_after` and the chunk
+    /// queue empty, as far as it tells (the sweeper's test, for a fan-out that is paused).
+    async fn stalled(&self, upload: &upload::Model) -> Result<bool, DispatchError> {
+        let quiet = Utc::now().signed_duration_since(upload.updated_at);
+        if quiet.to_std().unwrap_or_default() < self.stalled_after {
+            return Ok(false);
+        }
+        Ok(self.chunks.backlog().await? == Some(0))
+    }
+
+    fn outcome(&self, upload_id: i64, rows: u32, done: FanOut) -> DispatchOutcome {
+        match done {
+            FanOut::Done { chunks } => {
+                tracing::info!(rows, chunks, "upload dispatched");
+                DispatchOutcome::FannedOut { rows, chunks }
+            }
+            FanOut::Paused { sent, next_chunk } => {
+                tracing::debug!(sent, next_chunk, "fan-out window full");
+                DispatchOutcome::Windowed {
+                    sent,
+                    next: self.continuation(upload_id, next_chunk),
+                }
+            }
+        }
+    }
+
+    fn continuation(&self, upload_id: i64, from: i32) -> JobPayload {
+        JobPayload::ContinueDispatch {
+            upload_id,
+            from_chunk: from,
+            resume_at_applied: self.window.resume_at_applied(from),
+        }
+    }
+
+    /// Applied chunks of the upload numbered below `from`.
+    async fn applied_below(&self, upload_id: i64, from: i32) -> Result<i64, DbErr> {
+        const SQL: &str = "SELECT COUNT(*) AS n FROM upload_chunks WHERE upload_id = $1 AND chunk < $2";
+        let row = self
+            .db
+            .query_one(crate::db::stmt(
+                self.db.get_database_backend(),
+                SQL,
+                [upload_id.into(), from.into()],
+            ))
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
+    }
+
+    /// Applied chunks of the upload numbered `from` or more (a fan-out run again skips them).
+    async fn applied_from(&self, upload_id: i64, from: i32) -> Result<HashSet<i32>, DbErr> {
+        const SQL: &str = "SELECT chunk FROM upload_chunks WHERE upload_id = $1 AND chunk >= $2";
+        let rows = self
+            .db
+            .query_all(crate::db::stmt(
+                self.db.get_database_backend(),
+                SQL,
+                [upload_id.into(), from.into()],
+            ))
+            .await?;
+        rows.iter().map(|r| r.try_get::<i32>("", "chunk")).collect()
     }
 
     /// QUEUED → PROCESSING with the file's real row count (a re-run keeps `started_at`), and
@@ -161,53 +358,103 @@ impl Dispatcher<'_> {
         Ok(DispatchOutcome::Rejected(reason))
     }
 
+    /// Streams the file from its start (the keys of every earlier row are needed to mark
+    /// duplicates), or from where this process paused it before chunk `from`; skips chunks
+    /// below `from` and those already applied, and sends at most `room` chunks.
     async fn fan_out(
         &self,
         upload: &upload::Model,
         device_type: DeviceType,
         source: &str,
         chunk_size: usize,
-    ) -> Result<u32, DispatchError> {
-        let mut file = CsvFile::open(self.storage.get(source).await?, device_type)
-            .await
-            .map_err(DispatchError::Read)?;
-        let mut seen = HashSet::new();
+        from: i32,
+        room: u32,
+    ) -> Result<FanOut, DispatchError> {
+        let applied = self.applied_from(upload.id, from).await?;
+        // This process paused the fan-out itself: read on where it stopped.
+        let (mut file, mut seen, mut chunk, mut peeked) =
+            match self.paused.and_then(|p| p.take(upload.id, from)) {
+                Some(p) => (p.file, p.seen, from, Some(p.peeked)),
+                None => {
+                    let file = CsvFile::open(self.storage.get(source).await?, device_type)
+                        .await
+                        .map_err(DispatchError::Read)?;
+                    (file, HashSet::new(), 0, None)
+                }
+            };
         let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
         let mut rows = Vec::with_capacity(chunk_size);
-        let mut chunk = 0i32;
-        while let Some(row) = file.next_row().await.map_err(DispatchError::Read)? {
+        let mut in_chunk = 0usize;
+        let mut sent = 0u32;
+        loop {
+            let row = match peeked.take() {
+                Some(row) => row,
+                None => match file.next_row().await.map_err(DispatchError::Read)? {
+                    Some(row) => row,
+                    None => break,
+                },
+            };
             let duplicate = match device_uid::normalize(device_type, &row.uid) {
                 Ok(key) => !seen.insert(dedupe_key(&key)),
                 // Invalid keys fail on their own; they cannot repeat a device.
                 Err(_) => false,
             };
-            rows.push(ChunkRow {
-                row_number: row.row_number,
-                uid: row.uid,
-                uid2: row.uid2,
-                duplicate,
-            });
-            if rows.len() == chunk_size {
+            in_chunk += 1;
+            let wanted = chunk >= from && !applied.contains(&chunk);
+            if wanted {
+                rows.push(ChunkRow {
+                    row_number: row.row_number,
+                    uid: row.uid,
+                    uid2: row.uid2,
+                    duplicate,
+                });
+            }
+            if in_chunk < chunk_size {
+                continue;
+            }
+            in_chunk = 0;
+            if wanted {
                 let full = std::mem::replace(&mut rows, Vec::with_capacity(chunk_size));
                 pending.push(JobPayload::ProcessChunk(ChunkJob {
                     upload_id: upload.id,
                     chunk,
                     rows: full,
                 }));
-                chunk += 1;
-                if pending.len() == CHUNKS_PER_SEND {
-                    self.chunks.send(&pending).await?;
-                    pending.clear();
-                    // Cancelled meanwhile: the workers would skip the rest anyway.
-                    if !self.still_processing(upload.id).await? {
-                        tracing::info!(
-                            upload_id = upload.id,
-                            chunks = chunk,
-                            "fan-out stopped: upload no longer processing"
-                        );
-                        return Ok(chunk as u32);
-                    }
+                sent += 1;
+            }
+            chunk += 1;
+            let window_full = sent == room;
+            if pending.len() == CHUNKS_PER_SEND || (window_full && !pending.is_empty()) {
+                self.chunks.send(&pending).await?;
+                pending.clear();
+                // Cancelled meanwhile: the workers would skip the rest anyway.
+                if !self.still_processing(upload.id).await? {
+                    tracing::info!(
+                        upload_id = upload.id,
+                        chunks = chunk,
+                        "fan-out stopped: upload no longer processing"
+                    );
+                    return Ok(FanOut::Done { chunks: sent });
                 }
+            }
+            if window_full {
+                let Some(next) = file.next_row().await.map_err(DispatchError::Read)? else {
+                    return Ok(FanOut::Done { chunks: sent });
+                };
+                if let Some(paused) = self.paused {
+                    paused.keep(PausedFanOut {
+                        upload_id: upload.id,
+                        next_chunk: chunk,
+                        file,
+                        seen,
+                        peeked: next,
+                        since: Instant::now(),
+                    });
+                }
+                return Ok(FanOut::Paused {
+                    sent,
+                    next_chunk: chunk,
+                });
             }
         }
         if !rows.is_empty() {
@@ -216,13 +463,32 @@ impl Dispatcher<'_> {
                 chunk,
                 rows,
             }));
-            chunk += 1;
+            sent += 1;
         }
         if !pending.is_empty() {
             self.chunks.send(&pending).await?;
         }
-        Ok(chunk as u32)
+        Ok(FanOut::Done { chunks: sent })
     }
+}
+
+/// Makes the dispatch continuations whose windows have room due at once (applied chunks of
+/// the upload reached the continuation's rank), so an idle worker does not wait out
+/// [`CONTINUE_AFTER`]. Returns how many it woke.
+pub async fn wake_continuations(db: &DatabaseConnection, dispatch_queue: &str) -> Result<u64, DbErr> {
+    // Rank 0 is a first dispatch (or one in backoff): left alone.
+    const SQL: &str = "UPDATE jobs SET run_at = $1 \
+                       WHERE queue = $2 AND state = 'available' AND run_at > $1 AND seq > 0 \
+                         AND upload_id IS NOT NULL \
+                         AND (SELECT COUNT(*) FROM upload_chunks c WHERE c.upload_id = jobs.upload_id) >= jobs.seq";
+    let result = db
+        .execute(crate::db::stmt(
+            db.get_database_backend(),
+            SQL,
+            [Utc::now().into(), dispatch_queue.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 /// FAILED with `reason`, unless the upload already reached a terminal state. Results
@@ -253,8 +519,58 @@ pub fn dedupe_key(normalized: &str) -> u128 {
 
 #[cfg(test)]
 mod tests {
-    use super::dedupe_key;
+    use super::{PausedFanOut, PausedFanOuts, dedupe_key};
+    use crate::domain::DeviceType;
+    use crate::pipeline::csv_file::{CsvFile, CsvRow};
     use proptest::prelude::*;
+
+    async fn paused(upload_id: i64, next_chunk: i32) -> PausedFanOut {
+        let bytes = b"imei\n490154203237518\n".to_vec();
+        let file = CsvFile::open(
+            Box::pin(std::io::Cursor::new(bytes)) as crate::storage::ObjectReader,
+            DeviceType::Smartphone,
+        )
+        .await
+        .unwrap();
+        PausedFanOut {
+            upload_id,
+            next_chunk,
+            file,
+            seen: Default::default(),
+            peeked: CsvRow {
+                row_number: 1,
+                uid: String::new(),
+                uid2: None,
+            },
+            since: std::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_paused_fan_out_is_taken_once_and_only_at_its_chunk() {
+        let cache = PausedFanOuts::default();
+        cache.keep(paused(1, 16).await);
+        assert!(cache.take(1, 16).is_some());
+        assert!(cache.take(1, 16).is_none(), "taken once");
+        cache.keep(paused(1, 16).await);
+        assert!(
+            cache.take(1, 8).is_none(),
+            "another resume point reads from the start"
+        );
+        assert!(cache.take(1, 16).is_none(), "and drops the stale entry");
+    }
+
+    #[tokio::test]
+    async fn few_paused_fan_outs_are_kept_the_oldest_dropped() {
+        let cache = PausedFanOuts::default();
+        for upload in 1..=PausedFanOuts::MAX as i64 + 1 {
+            cache.keep(paused(upload, 16).await);
+        }
+        assert!(cache.take(1, 16).is_none(), "the oldest made room");
+        for upload in 2..=PausedFanOuts::MAX as i64 + 1 {
+            assert!(cache.take(upload, 16).is_some(), "{upload}");
+        }
+    }
 
     #[test]
     fn leading_zeros_do_not_collide() {

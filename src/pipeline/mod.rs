@@ -3,6 +3,7 @@
 
 pub mod csv_file;
 pub mod dispatcher;
+pub mod fanout_window;
 pub mod rules;
 pub mod runner;
 pub mod sweeper;

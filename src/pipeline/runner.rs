@@ -21,7 +21,11 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatcher::{DispatchOutcome, Dispatcher, fail_upload};
+use super::dispatcher::{
+    CONTINUE_AFTER, DEFAULT_FANOUT_WINDOW, DispatchOutcome, Dispatcher, PausedFanOuts, fail_upload,
+    wake_continuations,
+};
+use super::fanout_window::Window;
 use super::sweeper::Sweeper;
 use super::worker::{ChunkOutcome, apply_chunk};
 use crate::config::Settings;
@@ -135,10 +139,22 @@ pub struct Pipeline {
     outbox: Outbox,
     settings: PipelineSettings,
     settlement: Settlement,
+    /// Bound on an upload's chunks sent and not yet applied, with chunks on a queue that
+    /// has no order.
+    window: Window,
+    /// Fan-outs this process paused behind their windows.
+    paused: PausedFanOuts,
     /// Leases of a dead predecessor are ended once, before the first claim.
     recovered: OnceCell<()>,
     /// The embedded data dir's lock, held while this process runs workers.
     sole: Mutex<Option<std::fs::File>>,
+}
+
+/// What follows a job that succeeded.
+enum Next {
+    Done,
+    /// The job goes on as this job, shortly (a paused fan-out).
+    Continue(JobPayload),
 }
 
 /// A failed job attempt, with the decision whether another attempt can help.
@@ -165,6 +181,8 @@ impl Pipeline {
             outbox: Outbox::default(),
             settings,
             settlement: Settlement::default(),
+            window: Window::new(DEFAULT_FANOUT_WINDOW),
+            paused: PausedFanOuts::default(),
             recovered: OnceCell::new(),
             sole: Mutex::new(None),
         }
@@ -174,6 +192,13 @@ impl Pipeline {
     /// no reclaim, no sweeper).
     pub fn with_settlement(mut self, settlement: Settlement) -> Self {
         self.settlement = settlement;
+        self
+    }
+
+    /// At most `window` chunks of an upload sent and not yet applied (0: no bound), when
+    /// chunks go to a queue without order (SQS).
+    pub fn with_fanout_window(mut self, window: usize) -> Self {
+        self.window = Window::new(window);
         self
     }
 
@@ -205,6 +230,21 @@ impl Pipeline {
                 self.execute(queue.as_ref(), delivery, shutdown).await?;
                 return Ok(Step::Done);
             }
+        }
+        // Nothing to do: a fan-out paused behind a full window (chunks on SQS) may have room
+        // by now.
+        if let Some(table) = self.dispatch.job_table()
+            && self.chunks.job_table().is_none()
+            && !shutdown.is_cancelled()
+            && wake_continuations(&self.db, table.queue_name()).await? > 0
+            && let Some(delivery) = self
+                .dispatch
+                .receive(1, self.settings.lease, Duration::ZERO)
+                .await?
+                .pop()
+        {
+            self.execute(self.dispatch.as_ref(), delivery, shutdown).await?;
+            return Ok(Step::Done);
         }
         Ok(Step::Empty)
     }
@@ -252,10 +292,19 @@ impl Pipeline {
         &self,
         queue: &dyn Queue,
         delivery: &Delivery,
-        result: Result<(), JobFailure>,
+        result: Result<Next, JobFailure>,
     ) -> Result<(), QueueError> {
         match result {
-            Ok(()) => queue.ack(delivery).await,
+            Ok(Next::Done) => queue.ack(delivery).await,
+            Ok(Next::Continue(next)) => match queue.job_table() {
+                // The job's row becomes its continuation: the upload keeps a live job
+                // throughout (the sweeper leaves it alone) and there is never more than one.
+                Some(table) => table.postpone(delivery, &next, CONTINUE_AFTER).await.map(drop),
+                None => {
+                    queue.send(&[next]).await?;
+                    queue.ack(delivery).await
+                }
+            },
             Err(failure) if failure.retryable && delivery.attempt < queue.max_attempts() => {
                 tracing::warn!(attempt = delivery.attempt, error = %failure.message, "job failed, will retry");
                 queue
@@ -303,29 +352,33 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn run(&self, payload: &JobPayload) -> Result<(), JobFailure> {
+    async fn run(&self, payload: &JobPayload) -> Result<Next, JobFailure> {
+        let dispatcher = Dispatcher {
+            db: &self.db,
+            storage: self.storage.as_ref(),
+            chunks: self.chunks.as_ref(),
+            outbox: &self.outbox,
+            chunk_size: self.settings.chunk_size.max(1),
+            max_rows: self.settings.max_rows,
+            // The job table claims chunks by their first row across uploads, so every
+            // upload's chunks may wait there at once; a queue without order (SQS) gets the
+            // window instead.
+            window: match self.chunks.job_table() {
+                Some(_) => Window::new(0),
+                None => self.window,
+            },
+            stalled_after: self.settlement.sweep_stale,
+            paused: Some(&self.paused),
+        };
         match payload {
             JobPayload::DispatchUpload { upload_id } => {
-                let dispatcher = Dispatcher {
-                    db: &self.db,
-                    storage: self.storage.as_ref(),
-                    chunks: self.chunks.as_ref(),
-                    outbox: &self.outbox,
-                    chunk_size: self.settings.chunk_size.max(1),
-                    max_rows: self.settings.max_rows,
-                };
-                match dispatcher.dispatch(*upload_id).await {
-                    Ok(DispatchOutcome::Skipped(status)) => {
-                        tracing::info!(upload_id, ?status, "nothing to dispatch");
-                        Ok(())
-                    }
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(JobFailure {
-                        retryable: e.is_retryable(),
-                        message: e.to_string(),
-                    }),
-                }
+                dispatched(*upload_id, dispatcher.dispatch(*upload_id).await)
             }
+            JobPayload::ContinueDispatch {
+                upload_id,
+                from_chunk,
+                ..
+            } => dispatched(*upload_id, dispatcher.resume(*upload_id, *from_chunk).await),
             JobPayload::ProcessChunk(job) => match apply_chunk(&self.db, job, &self.outbox).await {
                 Ok(ChunkOutcome::Skipped(status)) => {
                     tracing::info!(
@@ -334,9 +387,9 @@ impl Pipeline {
                         ?status,
                         "chunk skipped"
                     );
-                    Ok(())
+                    Ok(Next::Done)
                 }
-                Ok(_) => Ok(()),
+                Ok(_) => Ok(Next::Done),
                 Err(e) => Err(JobFailure {
                     retryable: e.is_retryable(),
                     message: e.to_string(),
@@ -549,6 +602,25 @@ fn take_lock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
     }
 }
 
+/// What follows a dispatch job's run.
+fn dispatched(
+    upload_id: i64,
+    outcome: Result<DispatchOutcome, super::dispatcher::DispatchError>,
+) -> Result<Next, JobFailure> {
+    match outcome {
+        Ok(DispatchOutcome::Skipped(status)) => {
+            tracing::info!(upload_id, ?status, "nothing to dispatch");
+            Ok(Next::Done)
+        }
+        Ok(DispatchOutcome::Windowed { next, .. }) => Ok(Next::Continue(next)),
+        Ok(DispatchOutcome::FannedOut { .. } | DispatchOutcome::Rejected(_)) => Ok(Next::Done),
+        Err(e) => Err(JobFailure {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// 0.5 s, 1 s, 2 s, … up to 30 s between attempts.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)))
@@ -557,7 +629,9 @@ fn backoff(attempt: u32) -> Duration {
 
 fn describe(payload: &JobPayload) -> String {
     match payload {
-        JobPayload::DispatchUpload { .. } => "reading the file".to_owned(),
+        JobPayload::DispatchUpload { .. } | JobPayload::ContinueDispatch { .. } => {
+            "reading the file".to_owned()
+        }
         JobPayload::ProcessChunk(c) => format!("chunk {} (rows {}–{})", c.chunk, first_row(c), last_row(c)),
         JobPayload::NotifyWebhook { .. } => "the webhook call".to_owned(),
     }

@@ -220,6 +220,40 @@ impl DbQueue {
         Ok(update.exec(&self.db).await?.rows_affected)
     }
 
+    /// Turns a job in hand into its next step: the row's payload becomes `next` (and its
+    /// rank `next.seq()`; its dedupe key and upload stay, so `next` must be a step of the
+    /// same job), due after `delay`, with a fresh count of attempts (each step is new work;
+    /// a failing step still runs out of them). Whether this consumer still held the job.
+    pub async fn postpone(
+        &self,
+        delivery: &Delivery,
+        next: &JobPayload,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let (id, attempts) = Self::claim_of(delivery)?;
+        let now = Utc::now();
+        let result = Job::update_many()
+            .col_expr(job::Column::Payload, Expr::value(serde_json::to_string(next)?))
+            .col_expr(job::Column::Seq, Expr::value(next.seq()))
+            .col_expr(job::Column::State, Expr::value(JobState::Available))
+            .col_expr(job::Column::Attempts, Expr::value(0))
+            .col_expr(job::Column::RunAt, Expr::value(after(now, delay)))
+            .col_expr(
+                job::Column::LockedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(job::Column::LockedBy, Expr::value(Option::<String>::None))
+            .col_expr(job::Column::LastError, Expr::value(Option::<String>::None))
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(self.held(id, attempts))
+            .exec(&self.db)
+            .await?;
+        if result.rows_affected == 0 {
+            tracing::warn!(job_id = id, queue = %self.queue, "postpone ignored: the job is no longer ours");
+        }
+        Ok(result.rows_affected == 1)
+    }
+
     /// Matches the row of a claim only while this consumer still holds it.
     fn held(&self, id: i64, attempts: i32) -> sea_orm::Condition {
         sea_orm::Condition::all()

@@ -36,6 +36,15 @@ pub const MAX_LEASE: Duration = Duration::from_secs(12 * 60 * 60);
 pub enum JobPayload {
     /// Read the upload's file and fan its rows out as chunk jobs.
     DispatchUpload { upload_id: i64 },
+    /// Go on fanning out an upload whose bounded window of chunks was full: send the chunks
+    /// from `from_chunk` on, as far as the window has room.
+    ContinueDispatch {
+        upload_id: i64,
+        from_chunk: i32,
+        /// Chunks of the upload applied when the window has room again: the job-table row's
+        /// fairness rank, which idle workers compare with the applied chunks to wake it early.
+        resume_at_applied: i32,
+    },
     /// Decide and apply one chunk of an upload's rows, in one transaction.
     ProcessChunk(ChunkJob),
     /// Tell the configured webhook that the upload finished.
@@ -72,7 +81,10 @@ impl JobPayload {
     /// At most one job exists per key on the job table, whatever the number of senders.
     pub fn dedupe_key(&self) -> String {
         match self {
-            Self::DispatchUpload { upload_id } => format!("dispatch:{upload_id}"),
+            // A continuation takes the place of its upload's dispatch job: one per upload.
+            Self::DispatchUpload { upload_id } | Self::ContinueDispatch { upload_id, .. } => {
+                format!("dispatch:{upload_id}")
+            }
             Self::ProcessChunk(c) => format!("chunk:{}:{}", c.upload_id, c.chunk),
             // An upload reaches a terminal state once: one call per upload.
             Self::NotifyWebhook { upload_id } => format!("webhook:{upload_id}"),
@@ -82,17 +94,24 @@ impl JobPayload {
     /// The upload the job belongs to.
     pub fn upload_id(&self) -> i64 {
         match self {
-            Self::DispatchUpload { upload_id } | Self::NotifyWebhook { upload_id } => *upload_id,
+            Self::DispatchUpload { upload_id }
+            | Self::ContinueDispatch { upload_id, .. }
+            | Self::NotifyWebhook { upload_id } => *upload_id,
             Self::ProcessChunk(c) => c.upload_id,
         }
     }
 
     /// Fairness rank on the job table, lowest claimed first: a chunk's first row, so the
     /// first rows of every upload go before the later rows of any (a 100-row upload queued
-    /// behind a million-row one is not starved); other jobs are first come, first served.
+    /// behind a million-row one is not starved); a dispatch continuation's number of applied
+    /// chunks it waits for (so first dispatches go before continuations); other jobs are
+    /// first come, first served.
     pub fn seq(&self) -> i32 {
         match self {
             Self::ProcessChunk(c) => c.rows.first().map_or(0, |r| r.row_number),
+            Self::ContinueDispatch {
+                resume_at_applied, ..
+            } => (*resume_at_applied).max(1),
             Self::DispatchUpload { .. } | Self::NotifyWebhook { .. } => 0,
         }
     }

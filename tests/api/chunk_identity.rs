@@ -80,6 +80,11 @@ async fn redelivered_dispatch_with_another_chunk_size(backend: Backend) {
         outbox: &Outbox::default(),
         chunk_size: 2,
         max_rows: 1_000_000,
+        window: fleetload::pipeline::fanout_window::Window::new(
+            fleetload::pipeline::dispatcher::DEFAULT_FANOUT_WINDOW,
+        ),
+        stalled_after: Duration::from_secs(120),
+        paused: None,
     };
     assert!(first.dispatch(upload_id).await.is_err(), "the second send fails");
     // Some of its chunks are applied before the redelivery, some after.

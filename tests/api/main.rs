@@ -13,6 +13,7 @@ mod chunk_identity;
 mod cli;
 mod console;
 mod error_report;
+mod fair_sqs;
 mod finalize;
 mod http_conformance;
 mod limits;

@@ -13,10 +13,10 @@ use crate::helpers::*;
 use crate::moto;
 
 /// A `fleetload worker` child process, killed when dropped.
-struct WorkerProcess(Child);
+pub(crate) struct WorkerProcess(Child);
 
 impl WorkerProcess {
-    fn spawn(env: &[(&str, String)]) -> Self {
+    pub(crate) fn spawn(env: &[(&str, String)]) -> Self {
         Self::spawn_command("worker", env)
     }
 
@@ -42,7 +42,7 @@ impl WorkerProcess {
     }
 
     /// SIGKILL: no shutdown, no cleanup, an open transaction left to the database.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -100,7 +100,7 @@ async fn wait_until_finished(app: &TestApp, id: &str, limit: Duration) -> Value 
     }
 }
 
-fn database_url(app: &TestApp) -> String {
+pub(crate) fn database_url(app: &TestApp) -> String {
     use secrecy::ExposeSecret;
     app.settings
         .database_url
