@@ -60,7 +60,7 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
     };
     let slot = match super::admit(&app, &parts) {
         Ok(slot) => slot,
-        Err(refusal) => return refusal,
+        Err(refused) => return super::refusal(refused),
     };
     let limits = Limits::from_settings(&app.settings);
     let registry = app.websockets.clone();

@@ -52,7 +52,7 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
     };
     let slot = match super::admit(&app, &parts) {
         Ok(slot) => slot,
-        Err(refusal) => return refusal,
+        Err(refused) => return super::refusal(refused),
     };
     let header_token = authorization_header(&parts.headers);
     let limits = Limits::from_settings(&app.settings);
