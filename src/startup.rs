@@ -24,6 +24,9 @@ use crate::storage::{LocalStore, ObjectStore, S3Store};
 use crate::webhook::{Outbox, WebhookDeliverer};
 use crate::{db, demo, graphql, http};
 
+/// How long `serve` waits, after the HTTP drain, for WebSockets still closing.
+const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
@@ -165,14 +168,10 @@ impl Application {
             }
         };
         stop.cancel();
-        // The close frames of the WebSockets (sent at once) get through before the exit.
-        if !self
-            .state
-            .websockets
-            .shut_down(grace.max(Duration::from_secs(1)))
-            .await
-        {
-            tracing::warn!("WebSocket connections still closing after the grace period; exiting");
+        // The WebSockets were told at the signal; their close handshakes (at most 2 s each, in
+        // parallel) are done by now or nearly: the exit waits only a little for stragglers.
+        if !self.state.websockets.shut_down(WEBSOCKET_CLOSE_WAIT).await {
+            tracing::warn!("WebSocket connections still closing; exiting without them");
         }
         futures::future::join_all(workers).await;
         served
