@@ -19,10 +19,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use self::registry::{Refused, Slot};
-use crate::state::AppState;
-
 use crate::auth::{Identity, Verifier, token_from_header};
 use crate::graphql::{Auth, PresentedToken};
+use crate::state::AppState;
 
 /// Takes a connection slot for the request's peer.
 pub fn admit(app: &AppState, parts: &Parts) -> Result<Slot, Refused> {
