@@ -70,6 +70,8 @@ async fn sigterm_closes_every_websocket_with_1001_and_exits_0_despite_a_stalled_
         ),
         ("FLEETLOAD_DATA_DIR", app.data_dir.path().display().to_string()),
         ("FLEETLOAD_SHUTDOWN_GRACE_SECS", "3".to_owned()),
+        // The stalled request below must outlast the bound: the request timeout would end it.
+        ("FLEETLOAD_REQUEST_TIMEOUT_SECS", "600".to_owned()),
     ];
     let (mut server, url) = api_process(&env).await;
     let token = app.alice();
