@@ -403,6 +403,37 @@ pub struct Settings {
     /// The job table needs none: it claims chunks by their first row across uploads.
     #[arg(long, env = "FLEETLOAD_FANOUT_WINDOW", default_value_t = 16, global = true)]
     pub fanout_window: usize,
+
+    // --- WebSocket connections and shutdown (hardening: ws) ---
+    /// An acknowledged WebSocket with no subscription running and no message from the client
+    /// for this long is closed (1000, reason `IDLE_TIMEOUT`), in seconds; 0 never.
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_IDLE_TIMEOUT_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub ws_idle_timeout_secs: u64,
+
+    /// WebSocket connections this process keeps open at once; one more is refused before the
+    /// upgrade (HTTP 503, `TOO_MANY_CONNECTIONS`).
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub ws_max_connections: usize,
+
+    /// WebSocket connections one peer address may keep open at once (`TOO_MANY_CONNECTIONS`);
+    /// 0 no cap per address (behind a proxy every client has the proxy's address).
+    #[arg(
+        long,
+        env = "FLEETLOAD_WS_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0,
+        global = true
+    )]
+    pub ws_max_connections_per_ip: usize,
 }
 
 /// Who may introspect the schema.

@@ -1,6 +1,6 @@
 //! Builds the whole application from settings, so `main` and the tests start the same thing.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,9 @@ use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
 use crate::webhook::{Outbox, WebhookDeliverer};
 use crate::{db, demo, graphql, http};
+
+/// How long `serve` waits, after the HTTP drain, for WebSockets still closing.
+const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A bound, ready-to-run server.
 pub struct Application {
@@ -75,6 +78,7 @@ impl Application {
             &parts.progress,
             Pace::default(),
         ));
+        let websockets = crate::websocket::registry::Registry::from_settings(&settings);
         let state = AppState {
             db: parts.db,
             storage: parts.storage,
@@ -84,6 +88,7 @@ impl Application {
             outbox: parts.outbox,
             statements: parts.statements,
             hub,
+            websockets,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes);
@@ -144,15 +149,35 @@ impl Application {
             workers.push(spawn_reports(&self.worker_db, &self.state.storage, stop.clone()));
         }
         let stopping = stop.clone();
+        let websockets = self.state.websockets.clone();
+        let grace = Duration::from_secs(self.state.settings.shutdown_grace_secs);
         // The peer address keys the per-IP rate limit of anonymous requests.
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
+        let serving = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 stopping.cancel();
+                // Open WebSockets would hold the graceful shutdown for as long as their
+                // clients stay: each is told to go away (1001) instead.
+                websockets.shutdown_token().cancel();
             })
-            .await;
+            .into_future();
+        tokio::pin!(serving);
+        // In-flight HTTP requests get the grace period to finish, then the process exits
+        // without them rather than waiting on a slow request (or client) for ever.
+        let served = tokio::select! {
+            served = &mut serving => served,
+            () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; exiting without them");
+                Ok(())
+            }
+        };
         stop.cancel();
+        // The WebSockets were told at the signal; their close handshakes (at most 2 s each, in
+        // parallel) are done by now or nearly: the exit waits only a little for stragglers.
+        if !self.state.websockets.shut_down(WEBSOCKET_CLOSE_WAIT).await {
+            tracing::warn!("WebSocket connections still closing; exiting without them");
+        }
         futures::future::join_all(workers).await;
         served
     }

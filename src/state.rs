@@ -24,4 +24,6 @@ pub struct AppState {
     pub statements: crate::db::StatementCounter,
     /// The one reader per watched upload that subscriptions of this process share.
     pub hub: Arc<ProgressHub>,
+    /// This process's WebSocket connections: their caps and the shutdown signal.
+    pub websockets: Arc<crate::websocket::registry::Registry>,
 }

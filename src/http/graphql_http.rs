@@ -415,7 +415,7 @@ fn rate_limit(http: &Http, parts: &Parts, auth: &Auth) -> Result<(), Refusal> {
             None => "ip:unknown".to_owned(),
         },
     };
-    limiter.check(&client, Instant::now()).map_err(|wait| Refusal {
+    limiter.check(&client).map_err(|wait| Refusal {
         retry_after: Some(wait),
         ..Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,

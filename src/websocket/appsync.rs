@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use super::ConnectionAuth;
 use super::connection::{self, Inbound, Incoming, Outbox};
-use super::limits::{Limits, WsError, appsync_error_type};
+use super::limits::{Limits, WsError, appsync_error_type, sleep_until_idle};
 use crate::auth::token_from_header;
 use crate::graphql::{AppSchema, PresentedToken};
 use crate::state::AppState;
@@ -58,12 +58,22 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let slot = match super::admit(&app, &parts) {
+        Ok(slot) => slot,
+        Err(refused) => return super::refusal(refused),
+    };
     let limits = Limits::from_settings(&app.settings);
+    let registry = app.websockets.clone();
     // Only `graphql-ws` is ever selected: the `header-…` entry is a credential, not a protocol.
     limits
         .apply(upgrade)
         .protocols(["graphql-ws"])
-        .on_upgrade(move |socket| serve(socket, app, schema, token, limits))
+        .on_upgrade(move |socket| {
+            registry.track(async move {
+                serve(socket, app, schema, token, limits).await;
+                drop(slot);
+            })
+        })
 }
 
 /// The token of the connection's header object: from the `header-…` subprotocol, else from
@@ -165,9 +175,11 @@ impl Session {
     ) -> End {
         // The client sends `connection_init` first thing and waits for the answer.
         let init_deadline = Instant::now() + self.limits.init_timeout;
+        let shutdown = app.websockets.shutdown_token();
         let first = tokio::select! {
             biased;
             _ = self.outbox.closed() => return End::Gone,
+            _ = shutdown.cancelled() => return self.refuse(WsError::GoingAway),
             _ = tokio::time::sleep_until(init_deadline) => return self.refuse(WsError::InitTimeout),
             first = incoming.next() => first,
         };
@@ -192,18 +204,27 @@ impl Session {
         let keepalive = Duration::from_millis(app.settings.realtime_keepalive_ms.max(10));
         // The first tick is immediate: AppSync also sends a `ka` right after the ack.
         let mut ka = tokio::time::interval(keepalive);
+        // Our `ka`s do not count as activity; the client's messages and its subscriptions do.
+        let mut idle_since = Instant::now();
         loop {
             let inbound = tokio::select! {
                 biased;
                 _ = self.outbox.closed() => return End::Gone,
+                _ = shutdown.cancelled() => return self.refuse(WsError::GoingAway),
                 // Before the client's next message: a subscription that completed frees its
                 // id before the client, having read the `complete`, can reuse it.
                 Some((id, generation)) = finishing.recv() => {
                     if self.running.get(&id).is_some_and(|(g, _)| *g == generation) {
                         self.running.remove(&id);
+                        if self.running.is_empty() {
+                            idle_since = Instant::now();
+                        }
                     }
                     while self.tasks.try_join_next().is_some() {}
                     continue;
+                }
+                _ = sleep_until_idle(idle_since, self.limits.idle_timeout), if self.running.is_empty() => {
+                    return self.refuse(WsError::IdleTimeout);
                 }
                 _ = ka.tick() => {
                     self.outbox.send_json(&json!({"type": "ka"}));
@@ -212,7 +233,10 @@ impl Session {
                 inbound = incoming.next() => inbound,
             };
             let text = match inbound {
-                Inbound::Text(text) => text,
+                Inbound::Text(text) => {
+                    idle_since = Instant::now();
+                    text
+                }
                 Inbound::TooLarge => return self.refuse(WsError::MessageTooLarge),
                 Inbound::Closed => return End::Gone,
             };
@@ -270,7 +294,7 @@ impl Session {
     /// clients' retries), then the close frame.
     fn refuse(&self, error: WsError) -> End {
         tracing::info!(code = error.code(), "AppSync WebSocket connection refused");
-        if !matches!(error, WsError::MessageTooLarge | WsError::SlowReader) {
+        if error.announced() {
             let error_code = if error == WsError::Unauthenticated {
                 401
             } else {

@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, Inbound, Incoming, Outbox};
-use super::limits::{Limits, WsError};
+use super::limits::{Limits, WsError, sleep_until_idle};
 use super::{ConnectionAuth, authorization_header, token_in_init_payload};
 use crate::graphql::AppSchema;
 use crate::state::AppState;
@@ -49,13 +50,23 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let slot = match super::admit(&app, &parts) {
+        Ok(slot) => slot,
+        Err(refused) => return super::refusal(refused),
+    };
     let header_token = authorization_header(&parts.headers);
     let limits = Limits::from_settings(&app.settings);
+    let registry = app.websockets.clone();
     // The protocol selected is the one this connection will speak.
     limits
         .apply(upgrade)
         .protocols([protocol.sec_websocket_protocol()])
-        .on_upgrade(move |socket| serve(socket, app, schema, protocol, header_token, limits))
+        .on_upgrade(move |socket| {
+            registry.track(async move {
+                serve(socket, app, schema, protocol, header_token, limits).await;
+                drop(slot);
+            })
+        })
 }
 
 async fn serve(
@@ -68,7 +79,10 @@ async fn serve(
 ) {
     let (outbox, mut incoming, writer) = connection::open(socket, &limits);
     let (finished, finishing) = mpsc::unbounded_channel();
+    let shutdown = app.websockets.shutdown_token();
     let mut session = Session {
+        shutdown,
+        idle_since: Instant::now(),
         app,
         schema,
         legacy: protocol == WebSocketProtocols::SubscriptionsTransportWS,
@@ -112,6 +126,10 @@ enum Next {
 }
 
 struct Session {
+    /// Cancelled when the server stops.
+    shutdown: CancellationToken,
+    /// Since when no subscription has run and the client has said nothing.
+    idle_since: Instant,
     app: AppState,
     schema: AppSchema,
     /// subscriptions-transport-ws rather than graphql-transport-ws.
@@ -140,11 +158,15 @@ impl Session {
             let inbound = tokio::select! {
                 biased;
                 _ = self.outbox.closed() => return End::Gone,
+                _ = self.shutdown.cancelled() => return self.refuse(WsError::GoingAway),
                 // Before the client's next message: a subscription that completed frees its
                 // id before the client, having read the `complete`, can reuse it.
                 Some((id, generation)) = finishing.recv() => {
                     if self.running.get(&id).is_some_and(|(g, _)| *g == generation) {
                         self.running.remove(&id);
+                        if self.running.is_empty() {
+                            self.idle_since = Instant::now();
+                        }
                     }
                     while self.tasks.try_join_next().is_some() {}
                     continue;
@@ -152,10 +174,19 @@ impl Session {
                 _ = tokio::time::sleep_until(init_deadline), if !self.init_received => {
                     return self.refuse(WsError::InitTimeout);
                 }
+                _ = sleep_until_idle(self.idle_since, self.limits.idle_timeout),
+                    if self.data.is_some() && self.running.is_empty() => {
+                    return self.refuse(WsError::IdleTimeout);
+                }
                 inbound = incoming.next() => inbound,
             };
             let text = match inbound {
-                Inbound::Text(text) => text,
+                Inbound::Text(text) => {
+                    // Any message counts as activity, a `ping` included: the server's own
+                    // messages never do.
+                    self.idle_since = Instant::now();
+                    text
+                }
                 Inbound::TooLarge => return self.refuse(WsError::MessageTooLarge),
                 Inbound::Closed => return End::Gone,
             };
@@ -304,8 +335,7 @@ impl Session {
     /// know no close codes) for what concerns the connection as a whole.
     fn refuse(&self, error: WsError) -> End {
         tracing::info!(code = error.code(), "WebSocket connection refused");
-        let connection_wide = !matches!(error, WsError::MessageTooLarge | WsError::SlowReader);
-        if self.legacy && connection_wide {
+        if self.legacy && error.announced() {
             self.outbox
                 .send_json(&json!({"type": "connection_error", "payload": error.graphql_error()}));
         }

@@ -21,6 +21,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     pub outgoing_queue: usize,
+    /// How long an acknowledged connection may run no subscription and hear nothing from
+    /// its client; `None` for ever.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -31,6 +34,8 @@ impl Limits {
             max_message_bytes: settings.ws_max_message_bytes.max(256),
             max_subscriptions: settings.ws_max_subscriptions,
             outgoing_queue: settings.ws_outgoing_queue.max(1),
+            idle_timeout: (settings.ws_idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(settings.ws_idle_timeout_secs)),
         }
     }
 
@@ -41,6 +46,15 @@ impl Limits {
             .max_message_size(self.max_message_bytes)
             .max_frame_size(self.max_message_bytes)
             .read_buffer_size(READ_BUFFER_BYTES)
+    }
+}
+
+/// Resolves when a connection idle since `since` has been idle for `timeout`; never when
+/// there is no timeout.
+pub async fn sleep_until_idle(since: tokio::time::Instant, timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep_until(since + timeout).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -65,6 +79,10 @@ pub enum WsError {
     TooManySubscriptions(usize),
     /// The outgoing queue is full: the client does not read what it is sent.
     SlowReader,
+    /// Acknowledged, but no subscription and no client message for the idle timeout.
+    IdleTimeout,
+    /// The server is stopping: the client should connect again (to another replica).
+    GoingAway,
 }
 
 impl WsError {
@@ -79,7 +97,19 @@ impl WsError {
             Self::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Self::TooManySubscriptions(_) => "TOO_MANY_SUBSCRIPTIONS",
             Self::SlowReader => "SLOW_READER",
+            Self::IdleTimeout => "IDLE_TIMEOUT",
+            Self::GoingAway => "GOING_AWAY",
         }
+    }
+
+    /// Whether the protocols' error message (`connection_error`) precedes the close frame:
+    /// not when the connection cannot be written to, nor when it ends for a reason that is
+    /// no fault of the client's.
+    pub fn announced(&self) -> bool {
+        !matches!(
+            self,
+            Self::MessageTooLarge | Self::SlowReader | Self::IdleTimeout | Self::GoingAway
+        )
     }
 
     /// The close code graphql-transport-ws specifies (RFC 6455's for size and policy).
@@ -95,6 +125,12 @@ impl WsError {
             // Not a close in graphql-transport-ws (an `error` for the id); kept for completeness.
             Self::TooManySubscriptions(_) => 4400,
             Self::SlowReader => 1008,
+            // Not an error of the client's: graphql-ws's client retries neither 1000 nor 1001
+            // as fatal, and with no subscription running a lazy client just reconnects when
+            // it next needs to. 4408 would read as a missed `connection_init`.
+            Self::IdleTimeout => 1000,
+            // RFC 6455 "going away": graphql-ws's and AppSync's clients reconnect.
+            Self::GoingAway => 1001,
         }
     }
 
@@ -111,6 +147,9 @@ impl WsError {
             Self::MessageTooLarge => "Message too big".to_owned(),
             Self::TooManySubscriptions(max) => format!("Too many subscriptions (at most {max})"),
             Self::SlowReader => "Outgoing queue full: the client does not read".to_owned(),
+            // The typed code in the reason: close code 1000 alone does not say why.
+            Self::IdleTimeout => "IDLE_TIMEOUT: no subscription running".to_owned(),
+            Self::GoingAway => "Going away".to_owned(),
         };
         truncate(reason, 123)
     }
@@ -136,6 +175,7 @@ impl WsError {
             Self::InitTimeout | Self::TooManyInits | Self::DuplicateId(_) => "BadRequestException",
             Self::MessageTooLarge => "BadRequestException",
             Self::SlowReader => "LimitExceededError",
+            Self::IdleTimeout | Self::GoingAway => "ConnectionClosed",
         }
     }
 
@@ -198,6 +238,8 @@ mod tests {
             WsError::MessageTooLarge,
             WsError::TooManySubscriptions(3),
             WsError::SlowReader,
+            WsError::IdleTimeout,
+            WsError::GoingAway,
         ] {
             assert!(
                 error.code().chars().all(|c| c.is_ascii_uppercase() || c == '_'),

@@ -6,14 +6,46 @@ pub mod appsync;
 mod connection;
 pub mod graphql_ws;
 pub mod limits;
+pub mod registry;
+
+use std::net::SocketAddr;
 
 use async_graphql::Data;
-use axum::http::{HeaderMap, header};
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use self::registry::{Refused, Slot};
 use crate::auth::{Identity, Verifier, token_from_header};
 use crate::graphql::{Auth, PresentedToken};
+use crate::state::AppState;
+
+/// Takes a connection slot for the request's peer.
+pub fn admit(app: &AppState, parts: &Parts) -> Result<Slot, Refused> {
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    app.websockets.admit(ip)
+}
+
+/// The HTTP 503 that refuses an upgrade, with the typed code in a JSON body, as GraphQL
+/// errors carry it.
+pub fn refusal(refused: Refused) -> Response {
+    tracing::info!(code = refused.code(), "WebSocket upgrade refused");
+    let body = json!({"errors": [{
+        "message": refused.message(),
+        "extensions": {"code": refused.code(), "errorType": refused.code()},
+    }]});
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
 
 /// Whether a request asks to become a WebSocket.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {

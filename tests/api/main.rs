@@ -33,4 +33,5 @@ mod storage_s3;
 mod subscriptions;
 mod tenancy;
 mod webhook;
+mod websocket_lifecycle;
 mod websocket_limits;

@@ -560,13 +560,18 @@ async fn a_client_that_does_not_read_is_disconnected_not_buffered_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn npm_clients_see_each_protocol_answer() {
     let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_modules");
-    let node = std::process::Command::new("node").arg("--version").output().is_ok();
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok();
     if !node || !modules.join("graphql-ws").exists() {
         assert!(
             std::env::var_os("CI").is_none(),
             "the npm clients test needs node and `npm ci --prefix tests/clients` under CI"
         );
-        eprintln!("\n*** SKIPPED the npm clients test: run `npm ci --prefix tests/clients` (needs node) ***\n");
+        eprintln!(
+            "\n*** SKIPPED the npm clients test: run `npm ci --prefix tests/clients` (needs node) ***\n"
+        );
         return;
     }
     let app = spawn_app_with(Backend::Sqlite, |s| s.ws_max_subscriptions = 3).await;
