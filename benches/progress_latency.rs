@@ -9,20 +9,17 @@
 //! `FLEETLOAD_BENCH_ROWS` rows, default 20000; PostgreSQL from `FLEETLOAD_BENCH_PG_URL`).
 
 mod common;
-use common::{Started, drop_pg_database, fresh_pg_database, start};
+use common::{Started, drop_pg_database, fresh_pg_database, start, subscribe_progress};
 
 use std::time::{Duration, Instant};
 
 use entity::prelude::Upload;
 use entity::upload;
 use fleetload::config::Settings;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-const SUBSCRIBE: &str = "subscription($id: String!) { uploadProgress(tenantId: \"demo\", uploadId: $id) { status processedRows } }";
 
 #[tokio::main]
 async fn main() {
@@ -66,7 +63,7 @@ async fn run(label: &str, settings: Settings, uploads: usize, rows: usize) {
     let mut latencies = Vec::with_capacity(uploads);
     for n in 0..uploads {
         let id = prepare_and_post(&http, &base, &token, rows, n).await;
-        let mut ws = subscribe(&base, &token, &id).await;
+        let mut ws = subscribe_progress(&base, &token, &id).await;
         gql(
             &http,
             &base,
@@ -167,37 +164,6 @@ async fn prepare_and_post(http: &reqwest::Client, base: &str, token: &str, rows:
         .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
     payload["uploadId"].as_str().unwrap().to_owned()
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A graphql-transport-ws subscription to the upload's progress, past its first event.
-async fn subscribe(base: &str, token: &str, id: &str) -> Ws {
-    let mut request = format!("{}/graphql", base.replacen("http://", "ws://", 1))
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let send = |v: Value| Message::Text(v.to_string().into());
-    ws.send(send(
-        json!({"type": "connection_init", "payload": {"Authorization": token}}),
-    ))
-    .await
-    .unwrap();
-    ws.send(send(
-        json!({"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"id": id}}}),
-    ))
-    .await
-    .unwrap();
-    let mut seen = 0;
-    while seen < 2 {
-        if let Some(Ok(Message::Text(_))) = ws.next().await {
-            seen += 1; // connection_ack, then the current (PREPARED) state
-        }
-    }
-    ws
 }
 
 fn csv(rows: usize, n: usize) -> Vec<u8> {

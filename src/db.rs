@@ -20,6 +20,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
     let pool = Pool {
         max_connections: settings.db_max_connections,
         acquire_timeout: Duration::from_secs(settings.db_acquire_timeout_secs.max(1)),
+        custom_plans: true,
     };
     connect_with(settings, pool).await
 }
@@ -30,6 +31,11 @@ pub async fn connect_workers(settings: &Settings) -> anyhow::Result<DatabaseConn
     let pool = Pool {
         max_connections: settings.worker_db_max_connections,
         acquire_timeout: Duration::from_secs(30),
+        // The chunk transaction's foreign-key triggers run one cached query per inserted
+        // row; planning each of those executions afresh cost more than the inserts
+        // themselves. The one statement that needs a custom plan asks for it
+        // (`pipeline::worker::load_devices`).
+        custom_plans: false,
     };
     connect_with(settings, pool).await
 }
@@ -38,6 +44,8 @@ pub async fn connect_workers(settings: &Settings) -> anyhow::Result<DatabaseConn
 struct Pool {
     max_connections: u32,
     acquire_timeout: Duration,
+    /// PostgreSQL: plan every execution of a prepared statement for its parameters.
+    custom_plans: bool,
 }
 
 /// Connects to `DATABASE_URL`, or to the SQLite file in the data dir.
@@ -70,7 +78,10 @@ async fn connect_postgres(url: &str, pool: Pool) -> anyhow::Result<DatabaseConne
     // Statements are prepared once per connection. A generic plan cached while `devices` was
     // small keeps scanning it whole as it grows to millions of rows; planning each execution
     // against the table as it is now costs a fraction of a millisecond.
-    let options = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+    let mut options = PgConnectOptions::from_str(url)?;
+    if pool.custom_plans {
+        options = options.options([("plan_cache_mode", "force_custom_plan")]);
+    }
     let pool = PgPoolOptions::new()
         .max_connections(pool.max_connections.max(2))
         .min_connections(1)

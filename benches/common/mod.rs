@@ -1,7 +1,10 @@
 //! Helpers every bench shares: a throwaway PostgreSQL database, peak memory, a browser-like upload.
 #![allow(dead_code)] // each bench uses some of them
 
-use serde_json::Value;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// The process's peak resident memory so far (Linux `VmHWM`).
 pub fn peak_rss_mib() -> f64 {
@@ -57,15 +60,58 @@ pub struct Started {
     pub state: fleetload::state::AppState,
 }
 
-pub async fn start(mut settings: fleetload::config::Settings) -> Started {
+pub async fn start(settings: fleetload::config::Settings) -> Started {
+    start_with_aws(settings, None).await
+}
+
+/// As [`start`], with the AWS configuration given (a local SQS or S3 endpoint).
+pub async fn start_with_aws(
+    mut settings: fleetload::config::Settings,
+    aws: Option<aws_config::SdkConfig>,
+) -> Started {
     use fleetload::auth::{Permission, mint_token};
     settings.listen = "127.0.0.1:0".parse().unwrap();
     let secret = fleetload::startup::jwt_secret(&settings).unwrap();
     let permissions = [Permission::Read, Permission::Update];
     let token = mint_token(&secret, "alice", "demo", &permissions, "fleetload", None, 3600).unwrap();
-    let app = fleetload::startup::Application::build(settings).await.unwrap();
+    let app = fleetload::startup::Application::build_with_aws(settings, aws)
+        .await
+        .unwrap();
     let base = app.public_url().as_str().trim_end_matches('/').to_owned();
     let state = app.state().clone();
     tokio::spawn(app.run_until(std::future::pending()));
     Started { base, token, state }
+}
+
+const PROGRESS_SUBSCRIPTION: &str = "subscription($id: String!) { uploadProgress(tenantId: \"demo\", uploadId: $id) { status processedRows } }";
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A graphql-transport-ws subscription to the upload's progress, past its first event.
+pub async fn subscribe_progress(base: &str, token: &str, id: &str) -> Ws {
+    let mut request = format!("{}/graphql", base.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    ws.send(send(
+        json!({"type": "connection_init", "payload": {"Authorization": token}}),
+    ))
+    .await
+    .unwrap();
+    ws.send(send(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": PROGRESS_SUBSCRIPTION, "variables": {"id": id}}}),
+    ))
+    .await
+    .unwrap();
+    let mut seen = 0;
+    while seen < 2 {
+        if let Some(Ok(Message::Text(_))) = ws.next().await {
+            seen += 1; // connection_ack, then the current (PREPARED) state
+        }
+    }
+    ws
 }

@@ -212,10 +212,17 @@ async fn load_devices(
             device_type.code().into(),
             text_array(keys.iter().map(|k| Some((*k).to_owned()))),
         ];
-        for row in txn
+        // Planned for these keys: a generic plan cached while `devices` was small would go
+        // on scanning the whole table once it holds millions. Only for this statement: the
+        // per-row foreign-key checks of the inserts that follow must keep their cached plans.
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await?;
+        let rows = txn
             .query_all(crate::db::stmt(DbBackend::Postgres, SQL, values))
-            .await?
-        {
+            .await?;
+        txn.execute_unprepared("SET LOCAL plan_cache_mode TO DEFAULT")
+            .await?;
+        for row in rows {
             let view = DeviceView {
                 id: row.try_get("", "id")?,
                 tenant_id: row.try_get("", "tenant_id")?,
@@ -403,19 +410,24 @@ async fn apply_updates(
     Ok(())
 }
 
-/// Inserts one result per row (a row already there is left alone); returns how many
-/// successes and failures this transaction inserted.
+/// Inserts one result per row; returns how many succeeded and failed. No row of the chunk
+/// can have a result yet: only this chunk's transaction writes them, and its marker row
+/// (claimed first) makes every other delivery of the chunk a no-op. So the rows go in with
+/// plain inserts, without conflict handling; the primary key still refuses a second result.
 async fn insert_results(
     txn: &DatabaseTransaction,
     job: &ChunkJob,
     decisions: &[Decision],
 ) -> Result<(i32, i32), DbErr> {
-    let mut counts = (0i32, 0i32);
+    let succeeded = decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::Success(_)))
+        .count() as i32;
+    let counts = (succeeded, decisions.len() as i32 - succeeded);
     if txn.get_database_backend() == DbBackend::Postgres {
         const SQL: &str = "INSERT INTO batch_results (upload_id, row_number, device_uid, outcome, error_code, message) \
                            SELECT $1, r.n, r.uid, r.outcome, NULLIF(r.code, ''), NULLIF(r.msg, '') \
-                           FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(n, uid, outcome, code, msg) \
-                           ON CONFLICT (upload_id, row_number) DO NOTHING RETURNING outcome";
+                           FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(n, uid, outcome, code, msg)";
         let numbers = job.rows.iter().map(|r| Value::Int(Some(r.row_number))).collect();
         let (mut outcomes, mut codes, mut messages) = (Vec::new(), Vec::new(), Vec::new());
         for decision in decisions {
@@ -432,63 +444,36 @@ async fn insert_results(
             text_array(codes),
             text_array(messages),
         ];
-        // RETURNING gives exactly the rows this transaction inserted.
-        for row in txn
-            .query_all(crate::db::stmt(DbBackend::Postgres, SQL, values))
-            .await?
-        {
-            if row.try_get::<String>("", "outcome")? == "SUCCESS" {
-                counts.0 += 1;
-            } else {
-                counts.1 += 1;
-            }
-        }
+        txn.execute(crate::db::stmt(DbBackend::Postgres, SQL, values))
+            .await?;
         return Ok(counts);
     }
-    let indexed: Vec<usize> = (0..decisions.len()).collect();
-    for slice in indexed.chunks(ROWS_PER_STATEMENT) {
-        // Successes and failures in separate statements, so each count is exact.
-        for want_success in [true, false] {
-            let models: Vec<batch_result::ActiveModel> = slice
-                .iter()
-                .filter(|&&i| matches!(decisions[i], Decision::Success(_)) == want_success)
-                .map(|&i| {
-                    let row = &job.rows[i];
-                    let (outcome, code, message) = match &decisions[i] {
-                        Decision::Success(_) => (batch_result::Outcome::Success, None, None),
-                        Decision::Fail(e, m) => (
-                            batch_result::Outcome::Fail,
-                            Some(e.code().to_owned()),
-                            Some(m.clone()),
-                        ),
-                    };
-                    batch_result::ActiveModel {
-                        upload_id: Set(job.upload_id),
-                        row_number: Set(row.row_number),
-                        device_uid: Set(row.uid.trim().to_owned()),
-                        outcome: Set(outcome),
-                        error_code: Set(code),
-                        message: Set(message),
-                    }
-                })
-                .collect();
-            if models.is_empty() {
-                continue;
+    for (rows, decisions) in job
+        .rows
+        .chunks(ROWS_PER_STATEMENT)
+        .zip(decisions.chunks(ROWS_PER_STATEMENT))
+    {
+        let models = rows.iter().zip(decisions).map(|(row, decision)| {
+            let (outcome, code, message) = match decision {
+                Decision::Success(_) => (batch_result::Outcome::Success, None, None),
+                Decision::Fail(e, m) => (
+                    batch_result::Outcome::Fail,
+                    Some(e.code().to_owned()),
+                    Some(m.clone()),
+                ),
+            };
+            batch_result::ActiveModel {
+                upload_id: Set(job.upload_id),
+                row_number: Set(row.row_number),
+                device_uid: Set(row.uid.trim().to_owned()),
+                outcome: Set(outcome),
+                error_code: Set(code),
+                message: Set(message),
             }
-            let inserted = BatchResult::insert_many(models)
-                .on_conflict(
-                    OnConflict::columns([batch_result::Column::UploadId, batch_result::Column::RowNumber])
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(txn)
-                .await? as i32;
-            if want_success {
-                counts.0 += inserted;
-            } else {
-                counts.1 += inserted;
-            }
-        }
+        });
+        BatchResult::insert_many(models)
+            .exec_without_returning(txn)
+            .await?;
     }
     Ok(counts)
 }
