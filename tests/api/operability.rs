@@ -6,8 +6,14 @@
 //! process of its own (a fresh embedded data dir), as an operator would.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::{SinkExt, StreamExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -189,10 +195,29 @@ impl Client {
     }
 }
 
-/// `fleetload serve` on a fresh embedded data dir, JSON logs, its workers running.
-async fn serve_child(dir: &Path) -> (Process, Client, String) {
+/// A webhook receiver answering 204; counts the calls.
+async fn webhook_receiver() -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { axum::http::StatusCode::NO_CONTENT }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+/// `fleetload serve` on a fresh embedded data dir, JSON logs, its workers running, a
+/// webhook configured.
+async fn serve_child(dir: &Path) -> (Process, Client, String, Arc<AtomicUsize>) {
     let port = free_port();
     let metrics_port = free_port();
+    let (hook, calls) = webhook_receiver().await;
     let process = Process::spawn(
         "serve",
         &[
@@ -201,6 +226,8 @@ async fn serve_child(dir: &Path) -> (Process, Client, String) {
             ("FLEETLOAD_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
             ("FLEETLOAD_LOG_JSON", "1".into()),
             ("FLEETLOAD_CHUNK_SIZE", "3".into()),
+            ("FLEETLOAD_WEBHOOK_URL", hook),
+            ("FLEETLOAD_WEBHOOK_SECRET", "test-webhook-secret-1234".into()),
         ],
         &dir.join("serve.log"),
     );
@@ -227,6 +254,7 @@ async fn serve_child(dir: &Path) -> (Process, Client, String) {
         process,
         Client { url, http, token },
         format!("http://127.0.0.1:{metrics_port}"),
+        calls,
     )
 }
 
@@ -243,9 +271,15 @@ fn mixed_csv() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_processed_upload_exactly_and_logs_follow_it_by_public_id() {
     let dir = tempfile::tempdir().unwrap();
-    let (process, client, metrics_url) = serve_child(dir.path()).await;
+    let (process, client, metrics_url, webhook_calls) = serve_child(dir.path()).await;
 
     let id = client.upload(mixed_csv(), 7).await;
+    // The webhook call is made (and counted) once the upload finished.
+    let started = Instant::now();
+    while webhook_calls.load(Ordering::SeqCst) == 0 || !process.logs().contains("webhook delivered") {
+        assert!(started.elapsed() < Duration::from_secs(30), "no webhook call");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The API's own /metrics.
     let text = client
@@ -291,6 +325,9 @@ async fn metrics_count_a_processed_upload_exactly_and_logs_follow_it_by_public_i
         value(&samples, "fleetload_chunks_total", &[("result", "applied")]),
         Some(3.0)
     );
+    let hooks = "fleetload_webhook_deliveries_total";
+    assert_eq!(value(&samples, hooks, &[("result", "delivered")]), Some(1.0));
+    assert_eq!(value(&samples, hooks, &[("result", "retried")]), Some(0.0));
     let ops = "fleetload_graphql_operations_total";
     for name in ["prepareBatchUpload", "finalizeBatchUpload"] {
         assert_eq!(
@@ -365,15 +402,20 @@ async fn metrics_count_a_processed_upload_exactly_and_logs_follow_it_by_public_i
     );
     assert_eq!(of_upload("chunk applied").len(), 3, "{logs}");
     assert_eq!(of_upload("upload prepared").len(), 1, "{logs}");
-    // No line carries the token (nor its signature part).
+    assert_eq!(of_upload("webhook delivered").len(), 1, "{logs}");
+    // No line carries the token (nor its signature part), nor the webhook secret.
     let signature = client.token.rsplit('.').next().unwrap();
     assert!(!logs.contains(signature), "the token is in the logs");
+    assert!(
+        !logs.contains("test-webhook-secret-1234"),
+        "the webhook secret is in the logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_generated_or_replaced_and_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let (process, client, _) = serve_child(dir.path()).await;
+    let (process, client, metrics_url, _) = serve_child(dir.path()).await;
     let query = "query Template { batchUploadTemplate(deviceType: 1) }";
 
     let sent = client.gql(query, json!({}), Some("client-id-42")).await;
@@ -411,6 +453,11 @@ async fn request_ids_are_echoed_generated_or_replaced_and_logged() {
         )
         .await;
     assert_eq!(prepared.status(), 200);
+    let prepared: Value = prepared.json().await.unwrap();
+    let prepared_id = prepared["data"]["prepareBatchUpload"]["uploadId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let logs = process.logs();
     let line = logs
         .lines()
@@ -418,6 +465,92 @@ async fn request_ids_are_echoed_generated_or_replaced_and_logged() {
         .unwrap_or_else(|| panic!("{logs}"));
     assert!(line.contains("\"request_id\":\"trace-me-7\""), "{line}");
     assert!(!logs.contains(&huge), "an over-long id is not logged");
+
+    // A WebSocket upgrade gets its id too, and the connection and its subscription are
+    // counted by protocol while open.
+    let mut request = format!("{}/graphql", client.url.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    headers.insert("x-request-id", "ws-conn-9".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "ws-conn-9");
+    let text = |v: Value| Message::Text(v.to_string().into());
+    ws.send(text(
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {}", client.token)}}),
+    ))
+    .await
+    .unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    // A subscription to the prepared upload stays open until the upload ends.
+    let subscribe = json!({"type": "subscribe", "id": "1", "payload": {
+        "query": "subscription($id: String!) { uploadProgress(tenantId: \"demo\", uploadId: $id) { status } }",
+        "variables": {"id": prepared_id}}});
+    ws.send(text(subscribe)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.to_text().unwrap().contains("PREPARED"), "{first:?}");
+    let gauge = |samples: &[prometheus_parse::Sample], name: &str| {
+        value(samples, name, &[("protocol", "graphql-transport-ws")]).unwrap_or(-1.0)
+    };
+    let started = Instant::now();
+    loop {
+        let text = client
+            .http
+            .get(format!("{metrics_url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let samples = scrape(&text);
+        let connections = gauge(&samples, "fleetload_websocket_connections");
+        let subscriptions = gauge(&samples, "fleetload_websocket_subscriptions");
+        assert_eq!(
+            value(
+                &samples,
+                "fleetload_websocket_connections",
+                &[("protocol", "appsync")]
+            ),
+            Some(0.0)
+        );
+        if connections == 1.0 && subscriptions == 1.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.close(None).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let text = client
+            .http
+            .get(format!("{metrics_url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let samples = scrape(&text);
+        if gauge(&samples, "fleetload_websocket_connections") == 0.0
+            && gauge(&samples, "fleetload_websocket_subscriptions") == 0.0
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
