@@ -343,7 +343,11 @@ pub fn spawn_sampler(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            sample_queues(&queues).await;
+            // A sample in flight does not hold up shutdown.
+            tokio::select! {
+                () = sample_queues(&queues) => {},
+                () = stop.cancelled() => return,
+            }
             tokio::select! {
                 () = tokio::time::sleep(SAMPLE_EVERY) => {},
                 () = stop.cancelled() => return,
