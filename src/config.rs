@@ -173,9 +173,24 @@ pub struct Settings {
     )]
     pub webhook_timeout_secs: u64,
 
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "FLEETLOAD_LOG_JSON", global = true)]
+    /// Log as JSON lines (one object per line, with the fields of every enclosing span:
+    /// request id, upload id, tenant) instead of human-readable text.
+    /// Accepts `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off`.
+    #[arg(
+        long,
+        env = "FLEETLOAD_LOG_JSON",
+        global = true,
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub log_json: bool,
+
+    /// Address of a small listener that serves only `/metrics`, `/healthz` and `/readyz`
+    /// (e.g. `0.0.0.0:9464`); default: none. `fleetload worker` has no other listener, so
+    /// set it on workers to scrape and probe them; `serve` answers the same paths on its
+    /// main listener as well.
+    #[arg(long, env = "FLEETLOAD_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// How often `/graphql/realtime` (AppSync flavour) sends `ka` on each connection, in
     /// milliseconds; AppSync clients drop a connection silent for `connectionTimeoutMs` (300000).

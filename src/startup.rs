@@ -16,12 +16,14 @@ use url::Url;
 
 use crate::auth::{Verifier, load_or_create_secret};
 use crate::config::Settings;
+use crate::health::Readiness;
+use crate::http::ops::Ops;
 use crate::pipeline::{Pipeline, PipelineSettings, Settlement};
 use crate::progress::{Pace, ProgressBus, ProgressHub, ProgressListener};
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
 use crate::state::AppState;
 use crate::storage::{LocalStore, ObjectStore, S3Store};
-use crate::webhook::{Outbox, WebhookDeliverer};
+use crate::webhook::{MAX_ATTEMPTS as WEBHOOK_MAX_ATTEMPTS, Outbox, WEBHOOK_QUEUE, WebhookDeliverer};
 use crate::{db, demo, graphql, http};
 
 /// How long `serve` waits, after the HTTP drain, for WebSockets still closing.
@@ -41,6 +43,11 @@ pub struct Application {
     workers: usize,
     /// Where this process hears other processes' progress (PostgreSQL).
     _listener: Option<ProgressListener>,
+    /// The operator's endpoints and the queues the metrics sampler reads.
+    ops: Arc<Ops>,
+    sampled: Vec<(&'static str, Arc<dyn Queue>)>,
+    /// The separate `/metrics` + probes listener, when configured.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -64,6 +71,7 @@ impl Application {
             Some(url) => url.clone(),
             None => Url::parse(&format!("http://{address}/"))?,
         };
+        let metrics_listener = bind_metrics(&settings).await?;
         let parts = Components::build(&settings, &public_url, aws).await?;
         // On the embedded default everything runs in this process; elsewhere `serve` is
         // API-only unless told otherwise and `fleetload worker` processes do the work.
@@ -91,7 +99,7 @@ impl Application {
             websockets,
         };
         let schema = graphql::build_schema(state.clone());
-        let router = http::router(state.clone(), schema, parts.storage_routes);
+        let router = http::router(state.clone(), schema, parts.storage_routes, parts.ops.clone());
         Ok(Self {
             listener,
             address,
@@ -103,7 +111,15 @@ impl Application {
             worker_db: parts.worker_db,
             workers,
             _listener: progress_listener,
+            ops: parts.ops,
+            sampled: parts.sampled,
+            metrics_listener,
         })
+    }
+
+    /// Where the separate metrics listener listens, when `--metrics-listen` is set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn port(&self) -> u16 {
@@ -148,6 +164,10 @@ impl Application {
         if self.workers > 0 {
             workers.push(spawn_reports(&self.worker_db, &self.state.storage, stop.clone()));
         }
+        workers.push(crate::metrics::spawn_sampler(self.sampled, stop.clone()));
+        if let Some(listener) = self.metrics_listener {
+            workers.push(spawn_metrics_listener(listener, self.ops.clone(), stop.clone()));
+        }
         let stopping = stop.clone();
         let websockets = self.state.websockets.clone();
         let grace = Duration::from_secs(self.state.settings.shutdown_grace_secs);
@@ -189,6 +209,7 @@ pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) 
         Some(url) => url.clone(),
         None => Url::parse(&format!("http://{}/", settings.listen))?,
     };
+    let metrics_listener = bind_metrics(&settings).await?;
     let parts = Components::build(&settings, &public_url, aws).await?;
     let workers = settings.workers.unwrap_or(4).max(1);
     tracing::info!(workers, "worker running");
@@ -196,6 +217,10 @@ pub async fn run_worker(settings: Settings, aws: Option<aws_config::SdkConfig>) 
     let mut handles = parts.pipeline.spawn(workers, stop.clone());
     handles.extend(spawn_webhook(parts.webhook, stop.clone()));
     handles.push(spawn_reports(&parts.worker_db, &parts.storage, stop.clone()));
+    handles.push(crate::metrics::spawn_sampler(parts.sampled, stop.clone()));
+    if let Some(listener) = metrics_listener {
+        handles.push(spawn_metrics_listener(listener, parts.ops, stop.clone()));
+    }
     shutdown_signal().await;
     stop.cancel();
     futures::future::join_all(handles).await;
@@ -217,6 +242,10 @@ pub struct Components {
     /// Delivers webhook calls, when a webhook is configured.
     pub webhook: Option<Arc<WebhookDeliverer>>,
     pub statements: db::StatementCounter,
+    /// `/healthz`, `/readyz` and `/metrics` of this process.
+    pub ops: Arc<Ops>,
+    /// The queues whose depths the metrics sampler reads, by `queue` label.
+    pub sampled: Vec<(&'static str, Arc<dyn Queue>)>,
 }
 
 impl Components {
@@ -227,6 +256,8 @@ impl Components {
         public_url: &Url,
         aws: Option<aws_config::SdkConfig>,
     ) -> anyhow::Result<Self> {
+        // Installed before anything records (and described once per process).
+        crate::metrics::handle();
         let mut db = db::connect(settings).await?;
         let statements = db::StatementCounter::attach(&mut db);
         db::migrate(&db).await?;
@@ -272,8 +303,22 @@ impl Components {
                 Duration::ZERO,
             ),
         };
+        let mut sampled = vec![("dispatch", dispatch.clone()), ("chunks", chunks.clone())];
+        let readiness = Readiness {
+            db: db.clone(),
+            storage: storage.clone(),
+            queues: vec![dispatch.clone(), chunks.clone()],
+        };
         let progress = Arc::new(ProgressBus::for_database(&worker_db));
         let webhook = webhook(settings, &worker_db)?;
+        if webhook.is_some() {
+            let queue = DbQueue::new(worker_db.clone(), WEBHOOK_QUEUE, WEBHOOK_MAX_ATTEMPTS);
+            sampled.push(("webhooks", Arc::new(queue)));
+        }
+        let ops = Arc::new(Ops {
+            readiness,
+            pools: vec![("api", db.clone()), ("pipeline", worker_db.clone())],
+        });
         let outbox = Outbox::new(webhook.is_some());
         let pipeline = Arc::new(
             Pipeline::new(
@@ -303,8 +348,32 @@ impl Components {
             outbox,
             webhook,
             statements,
+            ops,
+            sampled,
         })
     }
+}
+
+/// Binds `--metrics-listen`, when set, before anything else starts (a taken port fails the
+/// start instead of leaving a process that cannot be probed).
+async fn bind_metrics(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
+    let Some(address) = settings.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the metrics listener {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "metrics and probes listening");
+    Ok(Some(listener))
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop`.
+fn spawn_metrics_listener(listener: TcpListener, ops: Arc<Ops>, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = http::ops::serve(listener, ops, async move { stop.cancelled().await }).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    })
 }
 
 fn webhook(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<Option<Arc<WebhookDeliverer>>> {

@@ -4,6 +4,7 @@ mod admin;
 mod context;
 mod error_codes;
 pub mod limits;
+mod observe;
 mod request_guard;
 mod results_mutation;
 mod scalars;
@@ -46,6 +47,8 @@ pub fn build_schema(state: crate::state::AppState) -> AppSchema {
     let settings = state.settings.clone();
     let recent_errors = upload_results::RecentErrors::loader(state.db.clone());
     let mut builder = schema_builder()
+        // First, so its time covers the guard's checks and its outcome their refusals.
+        .extension(observe::Observe)
         .extension(request_guard::RequestGuard {
             shape: limits::ShapeLimits {
                 max_nodes: settings.max_query_nodes as u64,

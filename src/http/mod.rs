@@ -1,18 +1,19 @@
-//! HTTP routes: GraphQL over HTTP, GraphiQL, health probes and (embedded) the object store.
+//! HTTP routes: GraphQL over HTTP, GraphiQL, health probes, metrics and (embedded) the
+//! object store; every request with a request id.
 
 mod graphql_http;
 pub mod media;
+pub mod ops;
 pub mod rate_limit;
+pub mod request_id;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, Method};
 use axum::routing::get;
-use sea_orm::ConnectionTrait;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -26,26 +27,30 @@ struct Http {
     limiter: Option<Arc<rate_limit::RateLimiter>>,
 }
 
-pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>) -> Router {
+pub fn router(app: AppState, schema: AppSchema, extra: Option<Router>, ops: Arc<ops::Ops>) -> Router {
     let cors = cors(&app.settings.cors_origins);
     let limiter =
         rate_limit::RateLimiter::new(app.settings.rate_limit_per_sec, app.settings.rate_limit_burst);
     let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_http::post))
         .route("/graphql/realtime", get(realtime))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .with_state(Http {
             app: app.clone(),
             schema,
             limiter: limiter.map(Arc::new),
         })
         // GraphiQL at `/`, the console at `/ui` and their assets (src/console/).
-        .merge(crate::console::routes(&app));
+        .merge(crate::console::routes(&app))
+        // `/healthz`, `/readyz`, `/metrics`.
+        .merge(ops::routes(ops));
     if let Some(extra) = extra {
         router = router.merge(extra);
     }
-    router.layer(cors).layer(TraceLayer::new_for_http())
+    // The request id is taken first (outermost), so the trace span and every handler see it.
+    router
+        .layer(cors)
+        .layer(TraceLayer::new_for_http().make_span_with(request_id::span))
+        .layer(axum::middleware::from_fn(request_id::layer))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -55,6 +60,8 @@ fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
+        // A browser client may read the id to quote it in a report.
+        .expose_headers([request_id::X_REQUEST_ID.clone()])
         .max_age(Duration::from_secs(600));
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)
@@ -75,21 +82,4 @@ async fn graphql_get(State(http): State<Http>, request: axum::extract::Request) 
 /// AppSync's real-time WebSocket flavour.
 async fn realtime(State(http): State<Http>, request: axum::extract::Request) -> axum::response::Response {
     crate::websocket::appsync::accept(http.app, http.schema, request).await
-}
-
-/// The process is up.
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// The process can serve: its database answers.
-async fn readyz(State(http): State<Http>) -> impl IntoResponse {
-    let db = &http.app.db;
-    match db.execute_unprepared("SELECT 1").await {
-        Ok(_) => (StatusCode::OK, "ready"),
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
-        }
-    }
 }

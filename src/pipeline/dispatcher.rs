@@ -147,7 +147,7 @@ enum FanOut {
 }
 
 impl Dispatcher<'_> {
-    #[tracing::instrument(skip_all, fields(upload_id))]
+    #[tracing::instrument(skip_all, fields(upload_pk = upload_id))]
     pub async fn dispatch(&self, upload_id: i64) -> Result<DispatchOutcome, DispatchError> {
         let upload = Upload::find_by_id(upload_id)
             .one(self.db)
@@ -190,7 +190,6 @@ impl Dispatcher<'_> {
         };
         if chunk_size != self.chunk_size {
             tracing::info!(
-                upload_id,
                 chunk_size,
                 configured = self.chunk_size,
                 "re-dispatch keeps the upload's recorded chunk size"
@@ -207,7 +206,7 @@ impl Dispatcher<'_> {
 
     /// Goes on with a fan-out paused before chunk `from`: a cheap count first, the file only
     /// when the window has room.
-    #[tracing::instrument(skip_all, fields(upload_id, from))]
+    #[tracing::instrument(skip_all, fields(upload_pk = upload_id, from))]
     pub async fn resume(&self, upload_id: i64, from: i32) -> Result<DispatchOutcome, DispatchError> {
         let upload = Upload::find_by_id(upload_id)
             .one(self.db)
@@ -237,7 +236,6 @@ impl Dispatcher<'_> {
             (from, self.window.room(from, applied))
         } else if self.stalled(&upload).await? {
             tracing::warn!(
-                upload_id,
                 from,
                 applied,
                 "fan-out stalled with the chunk queue empty: sending unapplied chunks again"
@@ -353,7 +351,7 @@ impl Dispatcher<'_> {
     }
 
     async fn reject(&self, upload: &upload::Model, reason: String) -> Result<DispatchOutcome, DispatchError> {
-        tracing::info!(upload_id = upload.id, %reason, "upload rejected");
+        tracing::info!(%reason, "upload rejected");
         fail_upload(self.db, self.outbox, upload.id, &reason).await?;
         Ok(DispatchOutcome::Rejected(reason))
     }
@@ -429,11 +427,7 @@ impl Dispatcher<'_> {
                 pending.clear();
                 // Cancelled meanwhile: the workers would skip the rest anyway.
                 if !self.still_processing(upload.id).await? {
-                    tracing::info!(
-                        upload_id = upload.id,
-                        chunks = chunk,
-                        "fan-out stopped: upload no longer processing"
-                    );
+                    tracing::info!(chunks = chunk, "fan-out stopped: upload no longer processing");
                     return Ok(FanOut::Done { chunks: sent });
                 }
             }

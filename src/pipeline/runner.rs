@@ -20,6 +20,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::dispatcher::{
     CONTINUE_AFTER, DEFAULT_FANOUT_WINDOW, DispatchOutcome, Dispatcher, PausedFanOuts, fail_upload,
@@ -249,7 +250,23 @@ impl Pipeline {
         Ok(Step::Empty)
     }
 
+    /// Handles one job inside a span naming its upload (public id and tenant), so every
+    /// line a job writes can be found by the id clients and operators know.
     async fn execute(
+        &self,
+        queue: &dyn Queue,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), QueueError> {
+        let span =
+            crate::telemetry::upload_span(&self.db, kind_of(&delivery.payload), delivery.payload.upload_id())
+                .await;
+        self.execute_in_span(queue, delivery, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_span(
         &self,
         queue: &dyn Queue,
         delivery: Delivery,
@@ -277,7 +294,7 @@ impl Pipeline {
             () = grace_over => {
                 // Dropping the run rolled its transaction back (or it had committed: a
                 // redelivery is then a no-op). The next worker needs no lease to run out.
-                tracing::warn!(upload_id, job = %delivery.payload.dedupe_key(), "shutdown grace period over: job given back unfinished");
+                tracing::warn!(job = %delivery.payload.dedupe_key(), "shutdown grace period over: job given back unfinished");
                 return queue.release(&delivery).await;
             }
         };
@@ -307,6 +324,7 @@ impl Pipeline {
             },
             Err(failure) if failure.retryable && delivery.attempt < queue.max_attempts() => {
                 tracing::warn!(attempt = delivery.attempt, error = %failure.message, "job failed, will retry");
+                crate::metrics::job_retried(kind_of(&delivery.payload));
                 queue
                     .retry(delivery, backoff(delivery.attempt), &failure.message)
                     .await
@@ -319,7 +337,7 @@ impl Pipeline {
                     describe(&delivery.payload),
                     delivery.attempt,
                 );
-                tracing::error!(upload_id = delivery.payload.upload_id(), %reason, error = %failure.message, "job given up");
+                tracing::error!(%reason, error = %failure.message, "job given up");
                 self.give_up(queue, delivery, &reason, &failure.message).await
             }
         }
@@ -338,15 +356,27 @@ impl Pipeline {
         let upload_id = delivery.payload.upload_id();
         let Some(table) = queue.job_table() else {
             fail_upload(&self.db, &self.outbox, upload_id, reason).await?;
-            return queue.dead_letter(delivery, error).await;
+            queue.dead_letter(delivery, error).await?;
+            crate::metrics::job_dead_lettered(kind_of(&delivery.payload));
+            return Ok(());
         };
         let txn = self.db.begin().await?;
         if table.bury_in(&txn, delivery, error).await? {
-            crate::uploads::terminate_in(&txn, &self.outbox, upload_id, UploadStatus::Failed, Some(reason))
-                .await?;
+            let ended = crate::uploads::terminate_in(
+                &txn,
+                &self.outbox,
+                upload_id,
+                UploadStatus::Failed,
+                Some(reason),
+            )
+            .await?;
             txn.commit().await?;
+            crate::metrics::job_dead_lettered(kind_of(&delivery.payload));
+            if ended {
+                crate::metrics::upload_finished(UploadStatus::Failed);
+            }
         } else {
-            tracing::warn!(upload_id, "dead letter ignored: the job is no longer ours");
+            tracing::warn!("dead letter ignored: the job is no longer ours");
             txn.rollback().await?;
         }
         Ok(())
@@ -372,28 +402,40 @@ impl Pipeline {
         };
         match payload {
             JobPayload::DispatchUpload { upload_id } => {
-                dispatched(*upload_id, dispatcher.dispatch(*upload_id).await)
+                let started = std::time::Instant::now();
+                let outcome = dispatcher.dispatch(*upload_id).await;
+                crate::metrics::dispatch_duration(started.elapsed());
+                dispatched(outcome)
             }
             JobPayload::ContinueDispatch {
                 upload_id,
                 from_chunk,
                 ..
-            } => dispatched(*upload_id, dispatcher.resume(*upload_id, *from_chunk).await),
+            } => {
+                let started = std::time::Instant::now();
+                let outcome = dispatcher.resume(*upload_id, *from_chunk).await;
+                crate::metrics::dispatch_duration(started.elapsed());
+                dispatched(outcome)
+            }
             JobPayload::ProcessChunk(job) => match apply_chunk(&self.db, job, &self.outbox).await {
                 Ok(ChunkOutcome::Skipped(status)) => {
-                    tracing::info!(
-                        upload_id = job.upload_id,
-                        chunk = job.chunk,
-                        ?status,
-                        "chunk skipped"
-                    );
+                    crate::metrics::chunk("skipped", None);
+                    tracing::info!(chunk = job.chunk, ?status, "chunk skipped");
                     Ok(Next::Done)
                 }
-                Ok(_) => Ok(Next::Done),
-                Err(e) => Err(JobFailure {
-                    retryable: e.is_retryable(),
-                    message: e.to_string(),
-                }),
+                Ok(ChunkOutcome::AlreadyApplied) => {
+                    crate::metrics::chunk("already_applied", None);
+                    Ok(Next::Done)
+                }
+                // Counted (with its transaction's time) where it committed.
+                Ok(ChunkOutcome::Applied { .. }) => Ok(Next::Done),
+                Err(e) => {
+                    crate::metrics::chunk("error", None);
+                    Err(JobFailure {
+                        retryable: e.is_retryable(),
+                        message: e.to_string(),
+                    })
+                }
             },
             JobPayload::NotifyWebhook { .. } => Err(JobFailure {
                 retryable: false,
@@ -418,23 +460,32 @@ impl Pipeline {
             let mut failed = Vec::new();
             if let Some(table) = queue.job_table() {
                 let txn = self.db.begin().await?;
+                let mut ended = 0;
+                let mut kinds = Vec::new();
                 for payload in table.rescue_in(&txn).await? {
-                    crate::uploads::terminate_in(
+                    if crate::uploads::terminate_in(
                         &txn,
                         &self.outbox,
                         payload.upload_id(),
                         UploadStatus::Failed,
                         Some(&reason(&payload)),
                     )
-                    .await?;
+                    .await?
+                    {
+                        ended += 1;
+                    }
+                    kinds.push(kind_of(&payload));
                     failed.push(payload.upload_id());
                 }
                 txn.commit().await?;
+                kinds.into_iter().for_each(crate::metrics::job_dead_lettered);
+                (0..ended).for_each(|_| crate::metrics::upload_finished(UploadStatus::Failed));
             } else {
                 for dead in queue.dead_jobs().await? {
                     let upload_id = dead.payload.upload_id();
                     fail_upload(&self.db, &self.outbox, upload_id, &reason(&dead.payload)).await?;
                     queue.forget(&dead).await?;
+                    crate::metrics::job_dead_lettered(kind_of(&dead.payload));
                     failed.push(upload_id);
                 }
             }
@@ -604,12 +655,11 @@ fn take_lock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
 
 /// What follows a dispatch job's run.
 fn dispatched(
-    upload_id: i64,
     outcome: Result<DispatchOutcome, super::dispatcher::DispatchError>,
 ) -> Result<Next, JobFailure> {
     match outcome {
         Ok(DispatchOutcome::Skipped(status)) => {
-            tracing::info!(upload_id, ?status, "nothing to dispatch");
+            tracing::info!(?status, "nothing to dispatch");
             Ok(Next::Done)
         }
         Ok(DispatchOutcome::Windowed { next, .. }) => Ok(Next::Continue(next)),
@@ -625,6 +675,16 @@ fn dispatched(
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << attempt.saturating_sub(1).min(6)))
         .min(Duration::from_secs(30))
+}
+
+/// A job's kind, as the `kind` label and the `step` span field name it.
+fn kind_of(payload: &JobPayload) -> &'static str {
+    match payload {
+        JobPayload::DispatchUpload { .. } => "dispatch",
+        JobPayload::ContinueDispatch { .. } => "continue_dispatch",
+        JobPayload::ProcessChunk(_) => "chunk",
+        JobPayload::NotifyWebhook { .. } => "webhook",
+    }
 }
 
 fn describe(payload: &JobPayload) -> String {

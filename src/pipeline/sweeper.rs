@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use entity::upload::UploadStatus;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use tracing::Instrument;
 
 use crate::queue::{JobPayload, Queue, QueueError};
 use crate::webhook::Outbox;
@@ -147,29 +148,36 @@ impl Sweeper<'_> {
             if verdict == Verdict::Leave || !self.claim(id, status, stale_before).await? {
                 continue;
             }
-            match verdict {
-                Verdict::Resume => {
-                    tracing::warn!(upload_id = id, ?status, "stranded upload: dispatching it again");
-                    self.dispatch
-                        .send(&[JobPayload::DispatchUpload { upload_id: id }])
-                        .await?;
-                    report.resumed.push(id);
-                }
-                Verdict::Fail(reason) => {
-                    tracing::warn!(
-                        upload_id = id,
-                        ?status,
-                        reason,
-                        "stranded upload with a given-up job: failed"
-                    );
-                    if crate::uploads::terminate(self.db, self.outbox, id, UploadStatus::Failed, Some(reason))
-                        .await?
-                    {
-                        report.failed.push(id);
+            let span = crate::telemetry::upload_span(self.db, "sweep", id).await;
+            async {
+                match verdict {
+                    Verdict::Resume => {
+                        tracing::warn!(?status, "stranded upload: dispatching it again");
+                        self.dispatch
+                            .send(&[JobPayload::DispatchUpload { upload_id: id }])
+                            .await?;
+                        report.resumed.push(id);
                     }
+                    Verdict::Fail(reason) => {
+                        tracing::warn!(?status, reason, "stranded upload with a given-up job: failed");
+                        if crate::uploads::terminate(
+                            self.db,
+                            self.outbox,
+                            id,
+                            UploadStatus::Failed,
+                            Some(reason),
+                        )
+                        .await?
+                        {
+                            report.failed.push(id);
+                        }
+                    }
+                    Verdict::Leave => {}
                 }
-                Verdict::Leave => {}
+                Ok::<_, QueueError>(())
             }
+            .instrument(span)
+            .await?;
         }
         Ok(report)
     }

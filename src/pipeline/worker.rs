@@ -57,7 +57,7 @@ impl ChunkError {
     }
 }
 
-#[tracing::instrument(skip_all, fields(upload_id = job.upload_id, chunk = job.chunk, rows = job.rows.len()))]
+#[tracing::instrument(skip_all, fields(upload_pk = job.upload_id, chunk = job.chunk, rows = job.rows.len()))]
 pub async fn apply_chunk(
     db: &DatabaseConnection,
     job: &ChunkJob,
@@ -155,6 +155,8 @@ pub async fn apply_chunk(
     }
     let mark = Instant::now();
     txn.commit().await?;
+    count_rows(&decisions);
+    crate::metrics::chunk("applied", Some(started.elapsed()));
     // Where a chunk's time goes, for profiling throughput (the bench sums these).
     tracing::debug!(
         lookup_us = lookup.as_micros() as u64,
@@ -164,8 +166,10 @@ pub async fn apply_chunk(
         total_us = started.elapsed().as_micros() as u64,
         "chunk timings"
     );
+    tracing::info!(succeeded, failed, "chunk applied");
     let finished = status.is_terminal().then_some(status);
     if let Some(status) = finished {
+        crate::metrics::upload_finished(status);
         tracing::info!(?status, "upload finished");
     }
     Ok(ChunkOutcome::Applied {
@@ -173,6 +177,22 @@ pub async fn apply_chunk(
         failed,
         finished,
     })
+}
+
+/// Adds a committed chunk's rows to the row counters, one increment per outcome and code.
+fn count_rows(decisions: &[Decision]) {
+    let mut by_code: HashMap<&'static str, u64> = HashMap::new();
+    for decision in decisions {
+        let code = match decision {
+            Decision::Success(_) => "",
+            Decision::Fail(error, _) => error.code(),
+        };
+        *by_code.entry(code).or_default() += 1;
+    }
+    for (code, n) in by_code {
+        let outcome = if code.is_empty() { "SUCCESS" } else { "FAIL" };
+        crate::metrics::rows(outcome, code, n);
+    }
 }
 
 fn action_context(upload: &upload::Model) -> Result<ActionContext, ChunkError> {

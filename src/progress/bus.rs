@@ -71,7 +71,7 @@ impl ProgressBus {
                     .execute(pool)
                     .await;
                 if let Err(err) = sent {
-                    tracing::warn!(upload_id, error = %err, "could not notify progress");
+                    tracing::warn!(upload_pk = upload_id, error = %err, "could not notify progress");
                 }
             }
             // No receiver is not an error: nobody is watching.

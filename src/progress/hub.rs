@@ -213,7 +213,7 @@ async fn read_while_watched(hub: Arc<Inner>, upload_id: i64, entry: Arc<Watched>
                 return;
             }
             Err(err) => {
-                tracing::warn!(upload_id, error = %err, "could not read upload progress");
+                tracing::warn!(upload_pk = upload_id, error = %err, "could not read upload progress");
                 false
             }
         };

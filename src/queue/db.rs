@@ -17,9 +17,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use entity::job::{self, JobState};
 use entity::prelude::Job;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Query, SimpleExpr};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryResult, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryResult,
+    QuerySelect, Set,
+};
 
-use super::{Delivery, JobPayload, MAX_LEASE, Queue, QueueError};
+use super::{Delivery, JobPayload, MAX_LEASE, Queue, QueueError, QueueStats};
 
 /// Rows per INSERT of [`DbQueue::send`]: well under SQLite's and PostgreSQL's bind limits.
 const SEND_ROWS_PER_STATEMENT: usize = 100;
@@ -425,6 +428,43 @@ impl Queue for DbQueue {
         if result.rows_affected == 0 {
             tracing::warn!(job_id = id, queue = %self.queue, "release ignored: the job is no longer ours");
         }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = Utc::now();
+        let this_queue = || Job::find().filter(job::Column::Queue.eq(self.queue.as_str()));
+        let ready = this_queue()
+            .filter(job::Column::State.eq(JobState::Available))
+            .filter(job::Column::RunAt.lte(now));
+        let count = ready.clone().count(&self.db).await?;
+        let oldest: Option<DateTime<Utc>> = ready
+            .select_only()
+            .column_as(job::Column::RunAt.min(), "oldest")
+            .into_tuple()
+            .one(&self.db)
+            .await?
+            .flatten();
+        let dead = this_queue()
+            .filter(job::Column::State.eq(JobState::Dead))
+            .count(&self.db)
+            .await?;
+        Ok(QueueStats {
+            ready: Some(count),
+            // Zero when nothing waits, so an age alert clears.
+            oldest_ready_age: Some(oldest.map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default())),
+            dead: Some(dead),
+        })
+    }
+
+    async fn check(&self) -> Result<(), QueueError> {
+        Job::find()
+            .select_only()
+            .column(job::Column::Id)
+            .limit(1)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await?;
         Ok(())
     }
 

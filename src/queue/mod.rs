@@ -221,6 +221,30 @@ pub trait Queue: Send + Sync {
     async fn forget(&self, _dead: &DeadJob) -> Result<(), QueueError> {
         Ok(())
     }
+
+    /// Depths for the metrics sampler (a few cheap reads, not per job). Default: the backlog.
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        Ok(QueueStats {
+            ready: self.backlog().await?,
+            ..QueueStats::default()
+        })
+    }
+
+    /// Whether the backend answers (readiness); one cheap call. Default: the backlog.
+    async fn check(&self) -> Result<(), QueueError> {
+        self.backlog().await.map(drop)
+    }
+}
+
+/// A queue's depths as the metrics show them; `None` where the backend does not tell.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    /// Jobs ready to run (SQS: approximately, messages in flight and delayed included).
+    pub ready: Option<u64>,
+    /// How long the oldest ready job has waited.
+    pub oldest_ready_age: Option<Duration>,
+    /// Dead-lettered jobs kept for an operator.
+    pub dead: Option<u64>,
 }
 
 /// Adds `payload` to the job table's `queue` unless a job with the same dedupe key exists;

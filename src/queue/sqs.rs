@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 
-use super::{DEFAULT_MAX_ATTEMPTS, DeadJob, Delivery, JobPayload, MAX_LEASE, Queue, QueueError};
+use super::{DEFAULT_MAX_ATTEMPTS, DeadJob, Delivery, JobPayload, MAX_LEASE, Queue, QueueError, QueueStats};
 
 /// Largest message body sent, and the largest sum of bodies in one batch: SQS's classic
 /// limit (queues may be configured lower, which [`SqsQueue::new`] reads; AWS now allows up
@@ -494,6 +494,20 @@ impl Queue for SqsQueue {
         Ok(Some(total))
     }
 
+    /// Visible messages of the queue and of its dead-letter queue: two attribute reads.
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let ready = self.visible(&self.queue_url).await?;
+        let dead = match &self.dlq_url {
+            Some(dlq) => self.visible(dlq).await?,
+            None => None,
+        };
+        Ok(QueueStats {
+            ready,
+            oldest_ready_age: None,
+            dead,
+        })
+    }
+
     async fn forget(&self, dead: &DeadJob) -> Result<(), QueueError> {
         match (&self.dlq_url, &dead.handle) {
             (Some(dlq), Some(receipt)) => self.delete_from(dlq, receipt).await,
@@ -563,6 +577,24 @@ fn whole_seconds_up(d: Duration) -> i32 {
     let d = d.min(MAX_LEASE);
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     i32::try_from(secs).unwrap_or(i32::MAX)
+}
+
+impl SqsQueue {
+    /// `ApproximateNumberOfMessages` of `queue_url`.
+    async fn visible(&self, queue_url: &str) -> Result<Option<u64>, QueueError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        Ok(out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|n| n.parse().ok()))
+    }
 }
 
 fn sqs_error<E, R>(err: SdkError<E, R>) -> QueueError

@@ -215,6 +215,17 @@ async fn get_object(
 
 #[async_trait::async_trait]
 impl ObjectStore for LocalStore {
+    async fn check(&self) -> Result<(), StorageError> {
+        let meta = tokio::fs::metadata(self.root.join(".incoming")).await?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(StorageError::Io(std::io::Error::other(
+                "the objects directory is not a directory",
+            )))
+        }
+    }
+
     async fn presign_post(
         &self,
         key: &str,

@@ -78,6 +78,9 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         expires_in: std::time::Duration,
     ) -> Result<SignedDownload, StorageError>;
+
+    /// Whether the store answers (readiness): one cheap call, no object read or written.
+    async fn check(&self) -> Result<(), StorageError>;
 }
 
 /// The key an upload's CSV is stored under; dated so storage lifecycle rules can expire it.

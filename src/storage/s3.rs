@@ -102,6 +102,16 @@ fn s3_error(err: impl std::error::Error) -> StorageError {
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
+    async fn check(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(s3_error)?;
+        Ok(())
+    }
+
     async fn presign_post(
         &self,
         key: &str,

@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 /// Cancels the upload and returns it. Cancelling a cancelled upload again answers with it
 /// unchanged; any other finished upload → `UPLOAD_ALREADY_FINISHED`.
-#[tracing::instrument(skip_all, fields(tenant_id, upload_id = public_id))]
+#[tracing::instrument(skip_all, fields(tenant_id = tenant_id, upload_id = public_id))]
 pub async fn cancel(
     state: &AppState,
     identity: &Identity,
@@ -25,7 +25,7 @@ pub async fn cancel(
         .await?
         .ok_or(ApiError::UploadNotFound)?;
     if terminate(db, &state.outbox, upload.id, UploadStatus::Cancelled, None).await? {
-        tracing::info!(upload_id = upload.id, by = %identity.user, "upload cancelled");
+        tracing::info!(upload_pk = upload.id, by = %identity.user, "upload cancelled");
         state.progress.changed(upload.id).await;
     }
     let now = find_visible(db, &scope, public_id)

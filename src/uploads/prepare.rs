@@ -30,7 +30,7 @@ pub struct Prepared {
     pub post: PresignedPost,
 }
 
-#[tracing::instrument(skip_all, fields(tenant_id = %input.tenant_id, action_id = %input.assign_action_id))]
+#[tracing::instrument(skip_all, fields(tenant_id = %input.tenant_id, action_id = %input.assign_action_id, upload_id = tracing::field::Empty))]
 pub async fn prepare(
     state: &AppState,
     identity: &Identity,
@@ -53,6 +53,7 @@ pub async fn prepare(
 
     let now = Utc::now();
     let public_id = uuid::Uuid::now_v7().to_string();
+    tracing::Span::current().record("upload_id", public_id.as_str());
     let object_key = upload_key(&public_id, now);
     // Sign first: an upload row without a way to upload its file would be useless.
     let post = sign_upload(state, &object_key, now).await?;
@@ -82,7 +83,7 @@ pub async fn prepare(
     }
     .insert(db)
     .await?;
-    tracing::info!(upload_id = %upload.public_id, rows = upload.declared_row_count, "upload prepared");
+    tracing::info!(rows = upload.declared_row_count, "upload prepared");
     Ok(Prepared { upload, post })
 }
 

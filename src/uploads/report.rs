@@ -12,6 +12,7 @@ use entity::prelude::*;
 use entity::upload::{self, ReportStatus};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::failed_rows::{Layout, store};
 use crate::error::ApiError;
@@ -136,6 +137,12 @@ impl ReportBuilder {
         let Some((upload_id, attempt)) = self.claim().await? else {
             return Ok(Built::Empty);
         };
+        let span = crate::telemetry::upload_span(&self.db, "report", upload_id).await;
+        self.build_and_settle(upload_id, attempt).instrument(span).await?;
+        Ok(Built::Done)
+    }
+
+    async fn build_and_settle(&self, upload_id: i64, attempt: i32) -> Result<(), DbErr> {
         let result = self.build(upload_id).await;
         match result {
             Ok(key) => {
@@ -143,23 +150,22 @@ impl ReportBuilder {
                     .await?
             }
             Err(e) if attempt >= MAX_ATTEMPTS => {
-                tracing::error!(upload_id, attempt, error = ?e, "error report given up");
+                tracing::error!(attempt, error = ?e, "error report given up");
                 self.settle(upload_id, attempt, ReportStatus::Failed, None, None)
                     .await?;
             }
             Err(e) => {
-                tracing::warn!(upload_id, attempt, error = ?e, "error report failed, will retry");
+                tracing::warn!(attempt, error = ?e, "error report failed, will retry");
                 let due = after(Utc::now(), backoff(attempt));
                 self.settle(upload_id, attempt, ReportStatus::Pending, Some(due), None)
                     .await?;
             }
         }
-        Ok(Built::Done)
+        Ok(())
     }
 
     /// Merges and stores the report. Idempotent: a builder whose lease ran out and the one
     /// that took over write the same bytes to the same key.
-    #[tracing::instrument(skip(self))]
     async fn build(&self, upload_id: i64) -> Result<String, ApiError> {
         let started = std::time::Instant::now();
         let upload = Upload::find_by_id(upload_id)

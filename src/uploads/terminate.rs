@@ -25,10 +25,14 @@ pub async fn terminate(
     let txn = db.begin().await?;
     let ended = terminate_in(&txn, outbox, upload_id, status, reason).await?;
     txn.commit().await?;
+    if ended {
+        crate::metrics::upload_finished(status);
+    }
     Ok(ended)
 }
 
-/// [`terminate`] inside the caller's transaction (a job dead-lettered in the same commit).
+/// [`terminate`] inside the caller's transaction (a job dead-lettered in the same commit);
+/// the caller counts the upload as finished (metrics) once that commits.
 pub async fn terminate_in(
     txn: &DatabaseTransaction,
     outbox: &Outbox,

@@ -10,6 +10,7 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use url::Url;
 
 use super::{MAX_ATTEMPTS, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_QUEUE, sign};
@@ -105,24 +106,40 @@ impl WebhookDeliverer {
         let Some(delivery) = self.queue.receive(1, lease, Duration::ZERO).await?.pop() else {
             return Ok(Step::Empty);
         };
+        let span = crate::telemetry::upload_span(&self.db, "webhook", delivery.payload.upload_id()).await;
+        self.settle(delivery).instrument(span).await?;
+        Ok(Step::Done)
+    }
+
+    /// Makes the call of `delivery` and settles its job by the answer.
+    async fn settle(&self, delivery: Delivery) -> Result<(), QueueError> {
         match self.call(&delivery).await {
-            Ok(()) => self.queue.ack(&delivery).await?,
+            Ok(()) => {
+                self.queue.ack(&delivery).await?;
+                crate::metrics::webhook_delivery("delivered");
+            }
             Err(CallError::Drop(reason)) => {
-                tracing::warn!(upload_id = delivery.payload.upload_id(), %reason, "webhook call dropped");
+                tracing::warn!(%reason, "webhook call dropped");
                 self.queue.dead_letter(&delivery, &reason).await?;
+                crate::metrics::webhook_delivery("dropped");
+                crate::metrics::job_dead_lettered("webhook");
             }
             Err(CallError::Retry(reason)) if delivery.attempt < self.queue.max_attempts() => {
-                tracing::warn!(upload_id = delivery.payload.upload_id(), attempt = delivery.attempt, %reason, "webhook call failed, will retry");
+                tracing::warn!(attempt = delivery.attempt, %reason, "webhook call failed, will retry");
                 self.queue
                     .retry(&delivery, backoff(delivery.attempt), &reason)
                     .await?;
+                crate::metrics::webhook_delivery("retried");
+                crate::metrics::job_retried("webhook");
             }
             Err(CallError::Retry(reason)) => {
-                tracing::error!(upload_id = delivery.payload.upload_id(), attempt = delivery.attempt, %reason, "webhook call given up");
+                tracing::error!(attempt = delivery.attempt, %reason, "webhook call given up");
                 self.queue.dead_letter(&delivery, &reason).await?;
+                crate::metrics::webhook_delivery("given_up");
+                crate::metrics::job_dead_lettered("webhook");
             }
         }
-        Ok(Step::Done)
+        Ok(())
     }
 
     async fn call(&self, delivery: &Delivery) -> Result<(), CallError> {
@@ -151,7 +168,7 @@ impl WebhookDeliverer {
             .map_err(|e| CallError::Retry(format!("sending: {e}")))?;
         let status = response.status();
         if status.is_success() {
-            tracing::info!(upload_id, status = status.as_u16(), "webhook delivered");
+            tracing::info!(status = status.as_u16(), "webhook delivered");
             Ok(())
         } else {
             Err(CallError::Retry(format!("receiver answered {status}")))

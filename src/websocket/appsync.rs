@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::ConnectionAuth;
 use super::connection::{self, Inbound, Incoming, Outbox};
@@ -64,15 +65,21 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
     };
     let limits = Limits::from_settings(&app.settings);
     let registry = app.websockets.clone();
+    // A child of the upgrade request's span: the connection's lines carry its request id.
+    let span = tracing::info_span!("websocket", protocol = "appsync");
     // Only `graphql-ws` is ever selected: the `header-…` entry is a credential, not a protocol.
     limits
         .apply(upgrade)
         .protocols(["graphql-ws"])
         .on_upgrade(move |socket| {
-            registry.track(async move {
-                serve(socket, app, schema, token, limits).await;
-                drop(slot);
-            })
+            registry.track(
+                crate::metrics::Open::connection("appsync")
+                    .around(async move {
+                        serve(socket, app, schema, token, limits).await;
+                        drop(slot);
+                    })
+                    .instrument(span),
+            )
         })
 }
 
@@ -278,15 +285,19 @@ impl Session {
             return;
         }
         self.generation += 1;
-        let task = self.tasks.spawn(run_subscription(
-            self.schema.clone(),
-            id.clone(),
-            self.generation,
-            payload.clone(),
-            connection_token.clone(),
-            self.outbox.clone(),
-            self.finished.clone(),
-        ));
+        let task = self.tasks.spawn(
+            crate::metrics::Open::subscription("appsync")
+                .around(run_subscription(
+                    self.schema.clone(),
+                    id.clone(),
+                    self.generation,
+                    payload.clone(),
+                    connection_token.clone(),
+                    self.outbox.clone(),
+                    self.finished.clone(),
+                ))
+                .in_current_span(),
+        );
         self.running.insert(id, (self.generation, task));
     }
 

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::connection::{self, Inbound, Incoming, Outbox};
 use super::limits::{Limits, WsError, sleep_until_idle};
@@ -57,16 +58,32 @@ pub async fn accept(app: AppState, schema: AppSchema, request: axum::extract::Re
     let header_token = authorization_header(&parts.headers);
     let limits = Limits::from_settings(&app.settings);
     let registry = app.websockets.clone();
+    let label = protocol_label(protocol);
+    // A child of the upgrade request's span: the connection's lines carry its request id.
+    let span = tracing::info_span!("websocket", protocol = label);
     // The protocol selected is the one this connection will speak.
     limits
         .apply(upgrade)
         .protocols([protocol.sec_websocket_protocol()])
         .on_upgrade(move |socket| {
-            registry.track(async move {
-                serve(socket, app, schema, protocol, header_token, limits).await;
-                drop(slot);
-            })
+            registry.track(
+                crate::metrics::Open::connection(label)
+                    .around(async move {
+                        serve(socket, app, schema, protocol, header_token, limits).await;
+                        drop(slot);
+                    })
+                    .instrument(span),
+            )
         })
+}
+
+/// The `protocol` label of a `/graphql` connection.
+fn protocol_label(protocol: WebSocketProtocols) -> &'static str {
+    if protocol == WebSocketProtocols::SubscriptionsTransportWS {
+        "graphql-ws"
+    } else {
+        "graphql-transport-ws"
+    }
 }
 
 async fn serve(
@@ -306,16 +323,25 @@ impl Session {
             }
         };
         self.generation += 1;
-        let task = self.tasks.spawn(run_subscription(
-            self.schema.clone(),
-            self.legacy,
-            id.clone(),
-            self.generation,
-            request,
-            data,
-            self.outbox.clone(),
-            self.finished.clone(),
-        ));
+        let label = if self.legacy {
+            "graphql-ws"
+        } else {
+            "graphql-transport-ws"
+        };
+        let task = self.tasks.spawn(
+            crate::metrics::Open::subscription(label)
+                .around(run_subscription(
+                    self.schema.clone(),
+                    self.legacy,
+                    id.clone(),
+                    self.generation,
+                    request,
+                    data,
+                    self.outbox.clone(),
+                    self.finished.clone(),
+                ))
+                .in_current_span(),
+        );
         self.running.insert(id, (self.generation, task));
         Next::Continue
     }

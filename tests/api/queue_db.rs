@@ -508,4 +508,27 @@ on_both_backends! {
             ]
         );
     }
+
+    /// The metrics sampler's view: ready jobs (due now), the oldest one's age, dead jobs.
+    async fn stats_count_ready_and_dead_jobs_and_age_the_oldest_ready_one(app: TestApp) {
+        let q = queue(&app, 5);
+        let empty = q.stats().await.unwrap();
+        assert_eq!(empty.ready, Some(0));
+        assert_eq!(empty.oldest_ready_age, Some(Duration::ZERO));
+        assert_eq!(empty.dead, Some(0));
+
+        q.send(&[chunk(31, 0), chunk(31, 1), chunk(31, 2)]).await.unwrap();
+        let delivery = receive_one(&q, LEASE, Duration::ZERO).await;
+        q.dead_letter(&delivery, "given up").await.unwrap();
+        let running = receive_one(&q, LEASE, Duration::ZERO).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let stats = q.stats().await.unwrap();
+        assert_eq!(stats.ready, Some(1), "{stats:?}");
+        assert_eq!(stats.dead, Some(1), "{stats:?}");
+        let age = stats.oldest_ready_age.unwrap();
+        assert!(age >= Duration::from_millis(50) && age < PATIENCE, "{age:?}");
+        q.check().await.unwrap();
+        q.ack(&running).await.unwrap();
+    }
 }

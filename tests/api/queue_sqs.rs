@@ -414,3 +414,23 @@ async fn the_backlog_counts_waiting_and_in_flight_messages() {
     sqs.queue.ack(&delivery).await.unwrap();
     assert_eq!(sqs.queue.backlog().await.unwrap(), Some(2));
 }
+
+/// The metrics sampler's view: visible messages of the queue and of its dead-letter queue.
+#[tokio::test]
+async fn stats_count_the_visible_messages_and_the_dead_letters() {
+    let sqs = sqs_with_redrive(Some(3)).await;
+    let empty = sqs.queue.stats().await.unwrap();
+    assert_eq!((empty.ready, empty.dead), (Some(0), Some(0)));
+    sqs.queue
+        .send(&[chunk(9, 0, 1), chunk(9, 1, 1), chunk(9, 2, 1)])
+        .await
+        .unwrap();
+    let delivery = next(&sqs.queue, LEASE).await;
+    sqs.queue.dead_letter(&delivery, "given up").await.unwrap();
+
+    let stats = sqs.queue.stats().await.unwrap();
+    assert_eq!(stats.ready, Some(2), "{stats:?}");
+    assert_eq!(stats.dead, Some(1), "{stats:?}");
+    assert_eq!(stats.oldest_ready_age, None);
+    sqs.queue.check().await.unwrap();
+}
