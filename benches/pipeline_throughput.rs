@@ -57,7 +57,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PhaseLayer {
             }
             fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
         }
-        if event.metadata().target().ends_with("pipeline::worker") {
+        let timings = event.metadata().fields().field("total_us").is_some();
+        if timings && event.metadata().target().ends_with("pipeline::worker") {
             let mut fields = PHASES.fields.lock().unwrap();
             *fields.entry("chunks").or_default() += 1;
             event.record(&mut Visit(&mut fields));
@@ -229,6 +230,10 @@ async fn run(
     aws: Option<aws_config::SdkConfig>,
     rows: usize,
 ) -> Line {
+    let pg_url = settings
+        .database_url
+        .as_ref()
+        .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
     let Started { base, token, state } = start_with_aws(settings, aws).await;
     let url = format!("{base}/graphql");
     let db = state.db.clone();
@@ -306,7 +311,7 @@ async fn run(
     );
     println!("{:>27}{}", "", phase_summary());
 
-    let baseline = baseline(&db, rows, done.id).await;
+    let baseline = baseline(&db, pg_url.as_deref(), rows, done.id).await;
     println!(
         "{:>27}same rows by the database's bulk path: {:.1} ms = {:.0} rows/s; ratio {:.2}",
         "",
@@ -358,9 +363,9 @@ fn reset_peak_rss() {
 }
 
 /// The time the database takes the rows the pipeline wrote, by its fastest bulk path, into
-/// scratch copies of `devices` and `batch_results` with the same columns, keys (foreign keys
-/// included) and indexes.
-async fn baseline(db: &DatabaseConnection, rows: usize, upload_id: i64) -> Duration {
+/// scratch copies of `devices` and `batch_results` with the same columns, primary and unique
+/// keys and indexes; foreign keys are not checked (the strictest baseline).
+async fn baseline(db: &DatabaseConnection, pg_url: Option<&str>, rows: usize, upload_id: i64) -> Duration {
     let uids: Vec<String> = (0..rows as u64)
         .map(|i| {
             let body = format!("{:014}", 35_000_000_000_000 + i);
@@ -369,7 +374,7 @@ async fn baseline(db: &DatabaseConnection, rows: usize, upload_id: i64) -> Durat
         })
         .collect();
     match db.get_database_backend() {
-        DbBackend::Postgres => copy_into_postgres(db, &uids, upload_id).await,
+        DbBackend::Postgres => copy_into_postgres(pg_url.expect("the database's URL"), &uids, upload_id).await,
         _ => insert_into_sqlite(db, &uids, upload_id).await,
     }
 }
@@ -378,32 +383,20 @@ const DEVICE_COLUMNS: &str =
     "tenant_id, device_type, uid, uid2, state, service_type, brand_id, workflow_id, created_at, updated_at";
 const RESULT_COLUMNS: &str = "upload_id, row_number, device_uid, outcome, error_code, message";
 
-async fn copy_into_postgres(db: &DatabaseConnection, uids: &[String], upload_id: i64) -> Duration {
-    let pool = db.get_postgres_connection_pool();
-    let mut conn = pool.acquire().await.unwrap();
+async fn copy_into_postgres(url: &str, uids: &[String], upload_id: i64) -> Duration {
+    use sqlx::Connection;
+    // A connection of its own: nothing of the server's connection settings carries over.
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     for (scratch, table) in [("bench_devices", "devices"), ("bench_results", "batch_results")] {
         sqlx::query(&format!("CREATE TABLE {scratch} (LIKE {table} INCLUDING ALL)"))
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await
             .unwrap();
-        let fks: Vec<(String,)> = sqlx::query_as(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'f'",
-        )
-        .bind(table)
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
-        for (fk,) in fks {
-            sqlx::query(&format!("ALTER TABLE {scratch} ADD {fk}"))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-        }
     }
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
 
     let started = Instant::now();
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
     let mut copy = tx
         .copy_in_raw(&format!("COPY bench_devices ({DEVICE_COLUMNS}) FROM STDIN"))
         .await
@@ -436,7 +429,7 @@ async fn copy_into_postgres(db: &DatabaseConnection, uids: &[String], upload_id:
     let took = started.elapsed();
 
     sqlx::query("DROP TABLE bench_devices, bench_results")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     took
@@ -471,6 +464,11 @@ async fn insert_into_sqlite(db: &DatabaseConnection, uids: &[String], upload_id:
     }
     let now = chrono::Utc::now();
     let placeholders = |row: &str, n: usize| vec![row; n].join(", ");
+    // Not a transaction's setting: off before it begins, back on after.
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
@@ -502,6 +500,10 @@ async fn insert_into_sqlite(db: &DatabaseConnection, uids: &[String], upload_id:
     }
     tx.commit().await.unwrap();
     let took = started.elapsed();
+    sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 
     for table in ["bench_results", "bench_devices"] {
         sqlx::query(&format!("DROP TABLE {table}"))

@@ -31,10 +31,10 @@ pub async fn connect_workers(settings: &Settings) -> anyhow::Result<DatabaseConn
     let pool = Pool {
         max_connections: settings.worker_db_max_connections,
         acquire_timeout: Duration::from_secs(30),
-        // The chunk transaction's foreign-key triggers run one cached query per inserted
-        // row; planning each of those executions afresh cost more than the inserts
-        // themselves. The one statement that needs a custom plan asks for it
-        // (`pipeline::worker::load_devices`).
+        // Planning every execution afresh costs the pipeline's short, frequent statements
+        // more than they cost to run (and, with foreign keys, it re-planned a check per
+        // inserted row). The one statement whose plan matters, the device lookup, fixes its
+        // access path itself (`pipeline::worker::load_devices`).
         custom_plans: false,
     };
     connect_with(settings, pool).await

@@ -9,6 +9,7 @@ mod m20261124_000001_add_error_report_key;
 /// after it cannot be reverted, so `Migrator::down` no longer reaches it.
 pub mod m20261201_000003_job_settlement;
 mod m20261201_000004_reports_chunks_catalog;
+mod m20261201_000005_hot_tables_without_foreign_keys;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_add_error_report_key::Migration),
             Box::new(m20261201_000003_job_settlement::Migration),
             Box::new(m20261201_000004_reports_chunks_catalog::Migration),
+            Box::new(m20261201_000005_hot_tables_without_foreign_keys::Migration),
         ]
     }
 }
