@@ -67,7 +67,9 @@ async fn run(label: &str, settings: Settings, rows: usize, flooders: usize) {
         3600,
     )
     .unwrap();
-    let Started { base, token, state } = start(settings).await;
+    let Started {
+        base, token, state, ..
+    } = start(settings).await;
     let url = format!("{base}/graphql");
     let http = reqwest::Client::new();
 

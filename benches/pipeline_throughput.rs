@@ -234,7 +234,12 @@ async fn run(
         .database_url
         .as_ref()
         .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
-    let Started { base, token, state } = start_with_aws(settings, aws).await;
+    let Started {
+        base,
+        token,
+        state,
+        stop,
+    } = start_with_aws(settings, aws).await;
     let url = format!("{base}/graphql");
     let db = state.db.clone();
     let http = reqwest::Client::new();
@@ -312,6 +317,9 @@ async fn run(
     println!("{:>27}{}", "", phase_summary());
 
     let baseline = baseline(&db, pg_url.as_deref(), rows, done.id).await;
+    drop(db);
+    drop(state);
+    stop.now().await;
     println!(
         "{:>27}same rows by the database's bulk path: {:.1} ms = {:.0} rows/s; ratio {:.2}",
         "",
@@ -374,7 +382,9 @@ async fn baseline(db: &DatabaseConnection, pg_url: Option<&str>, rows: usize, up
         })
         .collect();
     match db.get_database_backend() {
-        DbBackend::Postgres => copy_into_postgres(pg_url.expect("the database's URL"), &uids, upload_id).await,
+        DbBackend::Postgres => {
+            copy_into_postgres(pg_url.expect("the database's URL"), &uids, upload_id).await
+        }
         _ => insert_into_sqlite(db, &uids, upload_id).await,
     }
 }

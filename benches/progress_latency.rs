@@ -56,7 +56,9 @@ async fn main() {
 }
 
 async fn run(label: &str, settings: Settings, uploads: usize, rows: usize) {
-    let Started { base, token, state } = start(settings).await;
+    let Started {
+        base, token, state, ..
+    } = start(settings).await;
     let db = state.db;
     let http = reqwest::Client::new();
 

@@ -56,7 +56,9 @@ async fn main() {
 }
 
 async fn run(label: &str, settings: Settings) {
-    let Started { base, token, state } = start(settings).await;
+    let Started {
+        base, token, state, ..
+    } = start(settings).await;
     let url = format!("{base}/graphql");
     let http = reqwest::Client::new();
     let gql = |query: &'static str, vars: Value| {

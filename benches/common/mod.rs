@@ -58,6 +58,22 @@ pub struct Started {
     pub base: String,
     pub token: String,
     pub state: fleetload::state::AppState,
+    /// Stops the server and its workers (dropped: they run until the bench ends).
+    pub stop: Stop,
+}
+
+pub struct Stop {
+    signal: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Stop {
+    /// Stops the server and waits until it has let go of everything, so the next run's
+    /// memory is its own.
+    pub async fn now(self) {
+        let _ = self.signal.send(());
+        let _ = self.server.await;
+    }
 }
 
 pub async fn start(settings: fleetload::config::Settings) -> Started {
@@ -79,8 +95,19 @@ pub async fn start_with_aws(
         .unwrap();
     let base = app.public_url().as_str().trim_end_matches('/').to_owned();
     let state = app.state().clone();
-    tokio::spawn(app.run_until(std::future::pending()));
-    Started { base, token, state }
+    let (signal, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async move {
+        // Dropped without a send: run for the rest of the bench.
+        if stopped.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }));
+    Started {
+        base,
+        token,
+        state,
+        stop: Stop { signal, server },
+    }
 }
 
 const PROGRESS_SUBSCRIPTION: &str = "subscription($id: String!) { uploadProgress(tenantId: \"demo\", uploadId: $id) { status processedRows } }";

@@ -262,7 +262,8 @@ async fn load_devices(
         let rows = txn
             .query_all(crate::db::stmt(DbBackend::Postgres, SQL, values))
             .await?;
-        txn.execute_unprepared("SET LOCAL enable_seqscan TO DEFAULT").await?;
+        txn.execute_unprepared("SET LOCAL enable_seqscan TO DEFAULT")
+            .await?;
         for row in rows {
             let view = DeviceView {
                 id: row.try_get("", "id")?,
