@@ -694,3 +694,40 @@ async fn a_worker_process_answers_healthz_readyz_and_metrics_on_its_listener() {
         "{logs}"
     );
 }
+
+/// `serve` on PostgreSQL with objects on local disk warns at start that every process must
+/// share the data dir; with the embedded database (one process) it does not.
+#[tokio::test]
+async fn local_storage_with_a_shared_database_is_warned_about_at_start() {
+    const WARNING: &str = "must share this data dir";
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let pg = PgDatabase::create().await;
+    let port = free_port();
+    let shared = Process::spawn(
+        "serve",
+        &[
+            ("FLEETLOAD_DATA_DIR", dir.path().join("pg").display().to_string()),
+            ("FLEETLOAD_LISTEN", format!("127.0.0.1:{port}")),
+            ("DATABASE_URL", pg.url.clone()),
+        ],
+        &dir.path().join("pg.log"),
+    );
+    wait_ready(&http, &format!("http://127.0.0.1:{port}/readyz"), &shared).await;
+    assert!(shared.logs().contains(WARNING), "{}", shared.logs());
+
+    let port = free_port();
+    let embedded = Process::spawn(
+        "serve",
+        &[
+            (
+                "FLEETLOAD_DATA_DIR",
+                dir.path().join("embedded").display().to_string(),
+            ),
+            ("FLEETLOAD_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+        &dir.path().join("embedded.log"),
+    );
+    wait_ready(&http, &format!("http://127.0.0.1:{port}/readyz"), &embedded).await;
+    assert!(!embedded.logs().contains(WARNING), "{}", embedded.logs());
+}
