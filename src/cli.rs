@@ -111,10 +111,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             telemetry::init(settings.log_json);
             let db = db::connect(&settings).await?;
             db::migrate(&db).await?;
-            if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
-                demo::seed(&db).await?;
-            }
             tracing::info!("database is up to date");
+            // Printed, not logged: the operator who ran `migrate --demo-data` (the README's
+            // tour on PostgreSQL) sees what exists now, whatever the log filter.
+            if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
+                println!("{}", demo::seed(&db).await?);
+            } else {
+                println!("migrations applied; no demo data seeded (add --demo-data to seed it)");
+            }
         }
         Command::Schema => print!("{}", graphql::sdl()),
         Command::Token(args) => {

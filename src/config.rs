@@ -508,6 +508,81 @@ mod tests {
         assert!(command.get_arguments().any(|a| a.get_id() == "chunk_size"));
     }
 
+    /// The table rows (`| … |` lines) of a Markdown document that name `` `env` ``.
+    fn table_rows<'a>(doc: &'a str, env: &str) -> Vec<&'a str> {
+        let quoted = format!("`{env}`");
+        doc.lines()
+            .filter(|l| l.trim_start().starts_with('|') && l.contains(&quoted))
+            .collect()
+    }
+
+    /// Every setting `fleetload --help` shows (clap's own command, each argument's
+    /// `get_env()`) is in a table of the README and in the settings table of
+    /// docs/deployment.md, whose row also states clap's default: neither can rot.
+    #[test]
+    fn every_setting_is_documented() {
+        use clap::CommandFactory;
+        let readme = include_str!("../README.md");
+        let guide = include_str!("../docs/deployment.md");
+        let command = crate::cli::Cli::command();
+        let mut missing = Vec::new();
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_string_lossy();
+            checked += 1;
+            if table_rows(readme, &env).is_empty() {
+                missing.push(format!("README.md has no table row for {env}"));
+            }
+            let rows = table_rows(guide, &env);
+            if rows.is_empty() {
+                missing.push(format!("docs/deployment.md has no table row for {env}"));
+                continue;
+            }
+            // Flags that take a value show their default; switches default to off.
+            if arg.get_action().takes_values() {
+                for default in arg.get_default_values() {
+                    let default = format!("`{}`", default.to_string_lossy());
+                    if !rows.iter().any(|row| row.contains(&default)) {
+                        missing.push(format!("docs/deployment.md: {env} lacks its default {default}"));
+                    }
+                }
+            }
+        }
+        assert!(checked >= 50, "only {checked} settings with a variable");
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    /// The README stands alone: its links point into the repository (or at the local server
+    /// of its own examples), never at a page that may move or vanish.
+    #[test]
+    fn the_readme_links_only_inside_the_repository() {
+        let readme = include_str!("../README.md");
+        let mut targets = Vec::new();
+        for (i, _) in readme.match_indices("](") {
+            let rest = &readme[i + 2..];
+            targets.push(&rest[..rest.find(')').unwrap_or(rest.len())]);
+        }
+        for (i, _) in readme.match_indices("<http") {
+            let rest = &readme[i + 1..];
+            targets.push(&rest[..rest.find('>').unwrap_or(rest.len())]);
+        }
+        assert!(!targets.is_empty());
+        for target in targets {
+            let local = target.starts_with("http://127.0.0.1");
+            let in_repo = !target.contains("://") && !target.starts_with("//");
+            assert!(
+                local || in_repo,
+                "README.md links outside the repository: {target}"
+            );
+            if in_repo && !target.starts_with('#') {
+                let path = target.split('#').next().unwrap();
+                let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+                assert!(file.exists(), "README.md links to a missing file: {target}");
+            }
+        }
+    }
+
     /// Runs in a child process with `FLEETLOAD_*` set (changing this process's environment
     /// is unsound while other test threads run): the child checks that nothing leaked in.
     #[test]

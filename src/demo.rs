@@ -22,10 +22,32 @@ pub async fn is_empty(db: &impl ConnectionTrait) -> Result<bool, sea_orm::DbErr>
     Ok(Tenant::find().count(db).await? == 0)
 }
 
+/// What one [`seed`] inserted: rows that were missing (0 everywhere on a second run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seeded {
+    pub tenants: u64,
+    pub actions: u64,
+    pub workflows: u64,
+}
+
+impl std::fmt::Display for Seeded {
+    /// One line for `fleetload migrate`, so that an operator sees what a run added.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "demo data: {} tenant(s), {} action(s), {} workflow(s) inserted \
+             (tenants {DEMO} with workspace {DEMO_EAST}, and {ACME}; users alice@{DEMO} and bob@{ACME} \
+             are token-only; rows already present are left as they were)",
+            self.tenants, self.actions, self.workflows
+        )
+    }
+}
+
 /// Inserts whatever of the demo data is missing; running it again changes nothing.
-pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), sea_orm::DbErr> {
+pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<Seeded, sea_orm::DbErr> {
     let now = Utc::now();
     let txn = db.begin().await?;
+    let mut seeded = Seeded::default();
 
     let tenants = [
         (DEMO, "Demo Corp", None),
@@ -34,7 +56,7 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
     ];
     for (id, name, parent) in tenants {
         // One at a time, parents first: the parent foreign key must hold at each insert.
-        Tenant::insert(tenant::ActiveModel {
+        seeded.tenants += Tenant::insert(tenant::ActiveModel {
             id: Set(id.into()),
             name: Set(name.into()),
             parent_id: Set(parent.map(Into::into)),
@@ -74,7 +96,7 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
             });
         }
     }
-    Action::insert_many(actions)
+    seeded.actions = Action::insert_many(actions)
         .on_conflict(
             OnConflict::columns([action::Column::RootTenantId, action::Column::Id])
                 .do_nothing()
@@ -96,7 +118,7 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
         service_type: Set(service_type),
         created_at: Set(now),
     });
-    Workflow::insert_many(workflows)
+    seeded.workflows = Workflow::insert_many(workflows)
         .on_conflict(
             OnConflict::columns([workflow::Column::RootTenantId, workflow::Column::Id])
                 .do_nothing()
@@ -105,5 +127,6 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<(), s
         .exec_without_returning(&txn)
         .await?;
 
-    txn.commit().await
+    txn.commit().await?;
+    Ok(seeded)
 }

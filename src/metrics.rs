@@ -421,6 +421,117 @@ mod tests {
         assert_eq!(operation_label(Some("Prepare_1")), "Prepare_1");
     }
 
+    /// Every `fleetload_…` name in `text`, in order of appearance.
+    fn metric_names(text: &str) -> Vec<&str> {
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("fleetload_") {
+            let tail = &rest[at..];
+            let len = tail
+                .bytes()
+                .position(|b| !(b.is_ascii_lowercase() || b == b'_'))
+                .unwrap_or(tail.len());
+            names.push(&tail[..len]);
+            rest = &tail[len..];
+        }
+        names
+    }
+
+    /// Whether `name` is exported: a name of [`ALL`], or a histogram's `_bucket`, `_sum` or
+    /// `_count` series.
+    fn is_exported(name: &str) -> bool {
+        if ALL.iter().any(|&(n, _, _)| n == name) {
+            return true;
+        }
+        ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix).is_some_and(|base| {
+                ALL.iter()
+                    .any(|&(n, kind, _)| n == base && kind == Kind::Histogram)
+            })
+        })
+    }
+
+    /// Every query of the dashboard's panels (rows' nested panels included).
+    fn dashboard_exprs(panels: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = target["expr"].as_str() {
+                    out.push((title.clone(), expr.to_owned()));
+                }
+            }
+            dashboard_exprs(&panel["panels"], out);
+        }
+    }
+
+    /// The Grafana dashboard (docs/) queries only names this server exports; the operability
+    /// test proves every name of [`ALL`] is really in a `/metrics` scrape.
+    #[test]
+    fn the_dashboard_references_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../docs/grafana-dashboard.json"))
+                .expect("docs/grafana-dashboard.json is JSON");
+        let mut exprs = Vec::new();
+        dashboard_exprs(&dashboard["panels"], &mut exprs);
+        assert!(exprs.len() >= 10, "{exprs:?}");
+        let mut used = HashSet::new();
+        for (title, expr) in &exprs {
+            let names = metric_names(expr);
+            assert!(
+                !names.is_empty(),
+                "panel {title:?} queries no fleetload metric: {expr}"
+            );
+            for name in names {
+                assert!(
+                    is_exported(name),
+                    "panel {title:?} queries {name}, which is not exported"
+                );
+                used.insert(
+                    name.trim_end_matches("_bucket")
+                        .trim_end_matches("_sum")
+                        .trim_end_matches("_count"),
+                );
+            }
+        }
+        // Every metric has a panel: a new metric gets one too.
+        let unused: Vec<_> = ALL
+            .iter()
+            .map(|&(n, _, _)| n)
+            .filter(|n| !used.contains(n))
+            .collect();
+        assert!(unused.is_empty(), "no dashboard panel shows {unused:?}");
+    }
+
+    /// The alert rules of docs/deployment.md query only exported names as well.
+    #[test]
+    fn the_deployment_guide_alerts_reference_only_exported_metrics() {
+        let guide = include_str!("../docs/deployment.md");
+        let rules = guide
+            .split("```yaml")
+            .nth(1)
+            .and_then(|block| block.split("```").next())
+            .expect("docs/deployment.md has its alert rules in a yaml block");
+        let names = metric_names(rules);
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names {
+            assert!(
+                is_exported(name),
+                "an alert rule queries {name}, which is not exported"
+            );
+        }
+    }
+
+    #[test]
+    fn metric_names_are_found_and_histogram_series_accepted() {
+        assert_eq!(
+            metric_names("rate(fleetload_rows_total{x=\"1\"}[5m]) / fleetload_chunk_duration_seconds_bucket"),
+            ["fleetload_rows_total", "fleetload_chunk_duration_seconds_bucket"]
+        );
+        assert!(is_exported("fleetload_chunk_duration_seconds_count"));
+        assert!(!is_exported("fleetload_rows_total_count"));
+        assert!(!is_exported("fleetload_rows"));
+    }
+
     #[test]
     fn every_metric_follows_prometheus_naming() {
         for &(name, kind, _) in ALL {

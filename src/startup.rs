@@ -263,8 +263,13 @@ impl Components {
         db::migrate(&db).await?;
         let worker_db = db::connect_workers(settings).await?;
         if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
-            demo::seed(&db).await.context("seeding demo data")?;
-            tracing::info!("demo data seeded");
+            let seeded = demo::seed(&db).await.context("seeding demo data")?;
+            tracing::info!(
+                tenants = seeded.tenants,
+                actions = seeded.actions,
+                workflows = seeded.workflows,
+                "demo data seeded"
+            );
         }
         let aws = match aws {
             Some(sdk) => Some(sdk),
@@ -273,6 +278,7 @@ impl Components {
             }
             None => None,
         };
+        warn_if_local_storage_is_shared(settings);
         let (storage, storage_routes) = storage(settings, public_url, aws.as_ref()).await?;
         // Job settlement (queue): a worker id marks this process's claims as its own.
         let settlement = Settlement::from_settings(settings)?;
@@ -435,6 +441,21 @@ async fn storage(
             let routes = store.clone().router(settings.max_upload_bytes);
             Ok((store, Some(routes)))
         }
+    }
+}
+
+/// A database other processes share with objects on this process's disk: a file uploaded
+/// to one API replica is not on another replica's or a worker's disk unless they all use
+/// the same data dir (one host, or a shared volume). Said at start rather than found out
+/// from an upload failing later.
+fn warn_if_local_storage_is_shared(settings: &Settings) {
+    if !settings.uses_embedded_database() && settings.s3_bucket.is_none() {
+        tracing::warn!(
+            data_dir = %settings.data_dir.display(),
+            "objects are stored on local disk while the database is shared: every process \
+             (API replicas and `fleetload worker`s) must share this data dir; \
+             set FLEETLOAD_S3_BUCKET for processes on several hosts"
+        );
     }
 }
 

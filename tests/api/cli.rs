@@ -371,3 +371,50 @@ async fn upload_under_a_terminal_draws_the_progress_bar() {
         "{pane}"
     );
 }
+
+/// `fleetload migrate [--demo-data]` with only `DATABASE_URL` and a data dir set.
+async fn migrate(database_url: &str, data_dir: &Path, demo: bool) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("migrate");
+    if demo {
+        cmd.arg("--demo-data");
+    }
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FLEETLOAD_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    let output = cmd
+        .env("DATABASE_URL", database_url)
+        .env("FLEETLOAD_DATA_DIR", data_dir)
+        .output()
+        .await
+        .expect("the fleetload binary runs");
+    let (stdout, stderr) = text(&output);
+    (output.status.success(), stdout, stderr)
+}
+
+/// `fleetload migrate --demo-data` on PostgreSQL (the README tour's step there) says what it
+/// seeded, and a second run says it added nothing; without the flag it seeds nothing.
+#[tokio::test]
+async fn migrate_prints_what_it_seeded() {
+    let pg = crate::helpers::PgDatabase::create().await;
+    let data_dir = tempfile::tempdir().unwrap();
+
+    let (ok, stdout, stderr) = migrate(&pg.url, data_dir.path(), false).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("no demo data seeded"), "{stdout}");
+
+    let (ok, stdout, stderr) = migrate(&pg.url, data_dir.path(), true).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("demo data: 3 tenant(s), 8 action(s), 3 workflow(s) inserted"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = migrate(&pg.url, data_dir.path(), true).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("demo data: 0 tenant(s), 0 action(s), 0 workflow(s) inserted"),
+        "{stdout}"
+    );
+}

@@ -694,3 +694,197 @@ async fn a_worker_process_answers_healthz_readyz_and_metrics_on_its_listener() {
         "{logs}"
     );
 }
+
+/// A TCP proxy in front of PostgreSQL that the test controls: stopped, the port refuses
+/// connections and the open ones are cut, as when the database host goes away; started
+/// again on the same port, the database is back at the address the server was given.
+struct PgProxy {
+    address: std::net::SocketAddr,
+    upstream: String,
+    running: Option<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl PgProxy {
+    async fn start(upstream: String) -> Self {
+        let mut proxy = Self {
+            address: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            running: None,
+        };
+        proxy.listen().await;
+        proxy
+    }
+
+    /// Listens on the proxy's address (a free port the first time, the same one after).
+    async fn listen(&mut self) {
+        assert!(self.running.is_none());
+        // SO_REUSEADDR: the connections cut by `stop` leave the port in TIME_WAIT.
+        let mut attempts = 0;
+        let listener = loop {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            match socket.bind(self.address).and_then(|()| socket.listen(128)) {
+                Ok(listener) => break listener,
+                Err(e) if attempts < 50 => {
+                    attempts += 1;
+                    tracing::debug!(error = %e, "proxy port not free yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("rebinding the proxy on {}: {e}", self.address),
+            }
+        };
+        self.address = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let upstream = self.upstream.clone();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut client, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(_) => continue,
+                    },
+                    () = stopped.cancelled() => return,
+                };
+                let upstream = upstream.clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    // Both sockets are dropped (closed) when the proxy stops.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {},
+                        () = stopped.cancelled() => {},
+                    }
+                });
+            }
+        });
+        self.running = Some((stop, task));
+    }
+
+    /// Closes the port and cuts every open connection; returns once the port is closed.
+    async fn stop(&mut self) {
+        let (stop, task) = self.running.take().expect("the proxy runs");
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = &self.running {
+            stop.cancel();
+        }
+    }
+}
+
+/// `/readyz` until it answers `status` (bounded), with its JSON body.
+async fn readyz_until(app: &TestApp, status: u16, within: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let resp = app.http.get(format!("{}/readyz", app.url)).send().await.unwrap();
+        let code = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        if code == status {
+            return body;
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still {code} after {within:?}, wanted {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_postgres_going_away_and_coming_back_without_a_restart() {
+    // The server reaches its database only through the proxy.
+    let admin = std::env::var("FLEETLOAD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let admin = url::Url::parse(&admin).unwrap();
+    let upstream = format!("{}:{}", admin.host_str().unwrap(), admin.port().unwrap_or(5432));
+    let mut proxy = PgProxy::start(upstream).await;
+    let port = proxy.address.port();
+    let app = spawn_app_with(Backend::Postgres, |settings| {
+        let direct = settings.database_url.as_ref().unwrap().expose_secret().to_owned();
+        let mut via_proxy = url::Url::parse(&direct).unwrap();
+        via_proxy.set_host(Some("127.0.0.1")).unwrap();
+        via_proxy.set_port(Some(port)).unwrap();
+        settings.database_url = Some(via_proxy.to_string().into());
+    })
+    .await;
+    let body = readyz_until(&app, 200, Duration::from_secs(10)).await;
+    assert_eq!(body["status"], "ready", "{body}");
+
+    // PostgreSQL unreachable: 503 naming the database, the process alive.
+    proxy.stop().await;
+    let body = readyz_until(&app, 503, Duration::from_secs(15)).await;
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["parts"]["database"], "failed", "{body}");
+    assert!(
+        body["failed"].as_array().unwrap().contains(&json!("database")),
+        "{body}"
+    );
+    // Only what depends on the database: the local object store still answers.
+    assert_eq!(body["parts"]["object_store"], "ok", "{body}");
+    let health = app.http.get(format!("{}/healthz", app.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    // Back on the same address: ready again, same process, no restart.
+    proxy.listen().await;
+    assert_eq!(proxy.address.port(), port);
+    let body = readyz_until(&app, 200, Duration::from_secs(30)).await;
+    assert_eq!(
+        body,
+        json!({"status": "ready", "failed": [], "parts": {
+            "database": "ok", "migrations": "ok", "object_store": "ok", "queue": "ok"}})
+    );
+    // And it serves from the database again, not only answers the probe.
+    let token = app.alice();
+    let data = app
+        .gql(
+            Some(&token),
+            r#"{ uploads(tenantId: "demo", first: 1) { totalCount } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["data"]["uploads"]["totalCount"], 0, "{data}");
+}
+
+/// `serve` on PostgreSQL with objects on local disk warns at start that every process must
+/// share the data dir; with the embedded database (one process) it does not.
+#[tokio::test]
+async fn local_storage_with_a_shared_database_is_warned_about_at_start() {
+    const WARNING: &str = "must share this data dir";
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let pg = PgDatabase::create().await;
+    let port = free_port();
+    let shared = Process::spawn(
+        "serve",
+        &[
+            ("FLEETLOAD_DATA_DIR", dir.path().join("pg").display().to_string()),
+            ("FLEETLOAD_LISTEN", format!("127.0.0.1:{port}")),
+            ("DATABASE_URL", pg.url.clone()),
+        ],
+        &dir.path().join("pg.log"),
+    );
+    wait_ready(&http, &format!("http://127.0.0.1:{port}/readyz"), &shared).await;
+    assert!(shared.logs().contains(WARNING), "{}", shared.logs());
+
+    let port = free_port();
+    let embedded = Process::spawn(
+        "serve",
+        &[
+            (
+                "FLEETLOAD_DATA_DIR",
+                dir.path().join("embedded").display().to_string(),
+            ),
+            ("FLEETLOAD_LISTEN", format!("127.0.0.1:{port}")),
+        ],
+        &dir.path().join("embedded.log"),
+    );
+    wait_ready(&http, &format!("http://127.0.0.1:{port}/readyz"), &embedded).await;
+    assert!(!embedded.logs().contains(WARNING), "{}", embedded.logs());
+}
