@@ -9,7 +9,7 @@
 //! `cargo bench --bench pipeline_throughput`. Sizes from `FLEETLOAD_BENCH_ROWS` (default
 //! `10000,100000`); backends from `FLEETLOAD_BENCH_BACKENDS` (default `sqlite,pg,sqs`; `sqs` is
 //! PostgreSQL with chunks on SQS, run at sizes up to 100,000); PostgreSQL from
-//! `FLEETLOAD_BENCH_PG_URL`, moto from `FLEETLOAD_TEST_MOTO_URL` or a `moto_server` child;
+//! `FLEETLOAD_BENCH_PG_URL` (else `FLEETLOAD_TEST_PG_URL`), moto from `FLEETLOAD_TEST_MOTO_URL` or a `moto_server` child;
 //! a backend whose service is missing is skipped. `FLEETLOAD_BENCH_QUICK=1` (CI): 10,000 rows
 //! on SQLite and PostgreSQL only.
 
@@ -136,7 +136,9 @@ async fn main() {
             lines.push(run("SQLite", settings, None, rows).await);
         }
     }
+    // The test suite's server (scripts/test starts one) when no other is named.
     let admin = std::env::var("FLEETLOAD_BENCH_PG_URL")
+        .or_else(|_| std::env::var("FLEETLOAD_TEST_PG_URL"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     if wants("pg") {
         for &rows in &sizes {

@@ -110,6 +110,32 @@ async fn connect_sqlite(url: &str, pool: Pool) -> anyhow::Result<DatabaseConnect
     Ok(sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool))
 }
 
+/// This process's turn to write to a SQLite database file, held by chunk transactions for
+/// their length. SQLite has one writer at a time, and a writer that waits for the lock inside
+/// SQLite sleeps in its busy handler's steps (up to 100 ms) after the lock is already free;
+/// writers that queue here go the moment the previous one is done. `None` on other
+/// databases. Other writers (job claims, the API) still meet SQLite's own lock: taking turns
+/// here too measured no gain (`docs/performance.md`).
+pub async fn sqlite_write_turn(db: &DatabaseConnection) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    static TURNS: Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>> = Mutex::new(BTreeMap::new());
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let file = db
+        .get_sqlite_connection_pool()
+        .connect_options()
+        .get_filename()
+        .to_path_buf();
+    let turn = {
+        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+        turns.entry(file).or_default().clone()
+    };
+    Some(turn.lock_owned().await)
+}
+
 /// How many statements a connection (and every clone of it) has run: an operability metric,
 /// and how tests prove a page costs a fixed number of queries whatever its size.
 #[derive(Clone, Debug, Default)]

@@ -3,9 +3,7 @@
 //! statements, insert the result rows, and add to the counters what this transaction
 //! inserted. A marker row claimed first makes a redelivered or re-run chunk a no-op.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -66,13 +64,8 @@ pub async fn apply_chunk(
     outbox: &Outbox,
 ) -> Result<ChunkOutcome, ChunkError> {
     let started = Instant::now();
-    // SQLite has one writer at a time; waiting for the lock inside SQLite means sleeping in
-    // its busy handler's steps (up to 100 ms) after the lock is free. Chunks of this process
-    // queue here instead and go the moment the previous one commits.
-    let _writer = match db.get_database_backend() {
-        DbBackend::Sqlite => Some(sqlite_writer(db).lock_owned().await),
-        _ => None,
-    };
+    // SQLite: one writer at a time, taking turns in this process (see `sqlite_write_turn`).
+    let _writer = crate::db::sqlite_write_turn(db).await;
     let txn = db.begin().await?;
     let now = Utc::now();
     // First statement: on SQLite it takes the write lock, so nothing read below can be
@@ -202,19 +195,6 @@ fn count_rows(decisions: &[Decision]) {
         let outcome = if code.is_empty() { "SUCCESS" } else { "FAIL" };
         crate::metrics::rows(outcome, code, n);
     }
-}
-
-/// The chunk writers' turn on one SQLite database file, shared by every connection to it in
-/// this process.
-fn sqlite_writer(db: &DatabaseConnection) -> Arc<tokio::sync::Mutex<()>> {
-    static WRITERS: Mutex<BTreeMap<PathBuf, Arc<tokio::sync::Mutex<()>>>> = Mutex::new(BTreeMap::new());
-    let file = db
-        .get_sqlite_connection_pool()
-        .connect_options()
-        .get_filename()
-        .to_path_buf();
-    let mut writers = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
-    writers.entry(file).or_default().clone()
 }
 
 fn action_context(upload: &upload::Model) -> Result<ActionContext, ChunkError> {
