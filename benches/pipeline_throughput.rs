@@ -11,7 +11,9 @@
 //! PostgreSQL with chunks on SQS, run at sizes up to 100,000); PostgreSQL from
 //! `FLEETLOAD_BENCH_PG_URL` (else `FLEETLOAD_TEST_PG_URL`), moto from `FLEETLOAD_TEST_MOTO_URL` or a `moto_server` child;
 //! a backend whose service is missing is skipped. `FLEETLOAD_BENCH_QUICK=1` (CI): 10,000 rows
-//! on SQLite and PostgreSQL only.
+//! on SQLite and PostgreSQL only. `FLEETLOAD_BENCH_WORKERS` and `FLEETLOAD_BENCH_CHUNK_SIZE` override
+//! the defaults. `FLEETLOAD_BENCH_WORKER_PROCESSES=1,2,4` also runs PostgreSQL with that many
+//! `fleetload worker` processes (default worker tasks each) and no workers in the API process.
 
 mod common;
 #[path = "../tests/api/moto.rs"]
@@ -68,6 +70,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PhaseLayer {
 
 fn phase_summary() -> String {
     let mut fields = PHASES.fields.lock().unwrap();
+    if fields.get("chunks").copied().unwrap_or(0) == 0 {
+        return "per chunk: no timings here (the chunks ran in other processes)".to_owned();
+    }
     let chunks = fields.get("chunks").copied().unwrap_or(0).max(1) as f64;
     let avg = |name: &str| fields.get(name).copied().unwrap_or(0) as f64 / chunks / 1000.0;
     let line = format!(
@@ -84,7 +89,7 @@ fn phase_summary() -> String {
 
 /// One measured run, a line of the closing table.
 struct Line {
-    backend: &'static str,
+    backend: String,
     rows: usize,
     pipeline: Duration,
     baseline: Duration,
@@ -122,9 +127,13 @@ async fn main() {
     let workers: Option<usize> = std::env::var("FLEETLOAD_BENCH_WORKERS")
         .ok()
         .and_then(|s| s.parse().ok());
+    let chunk_size: Option<usize> = std::env::var("FLEETLOAD_BENCH_CHUNK_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok());
     println!(
-        "pipeline throughput: REGISTER of new devices, {} in-process workers, against the same rows loaded by the database's bulk path",
-        workers.map_or("the default number of".to_owned(), |w| w.to_string())
+        "pipeline throughput: REGISTER of new devices, {} in-process workers, chunks of {} rows, against the same rows loaded by the database's bulk path",
+        workers.map_or("the default number of".to_owned(), |w| w.to_string()),
+        chunk_size.unwrap_or(Settings::embedded("/tmp").chunk_size),
     );
 
     let mut lines = Vec::new();
@@ -133,7 +142,8 @@ async fn main() {
             let dir = tempfile::tempdir().unwrap();
             let mut settings = Settings::embedded(dir.path());
             settings.workers = workers.or(settings.workers);
-            lines.push(run("SQLite", settings, None, rows).await);
+            settings.chunk_size = chunk_size.unwrap_or(settings.chunk_size);
+            lines.push(run("SQLite".into(), settings, None, rows).await);
         }
     }
     // The test suite's server (scripts/test starts one) when no other is named.
@@ -147,8 +157,45 @@ async fn main() {
                 break;
             };
             let dir = tempfile::tempdir().unwrap();
-            let settings = on_postgres(dir.path(), &url, workers);
-            lines.push(run("PostgreSQL", settings, None, rows).await);
+            let settings = on_postgres(dir.path(), &url, workers, chunk_size);
+            lines.push(run("PostgreSQL".into(), settings, None, rows).await);
+            drop_pg_database(&admin, &url).await;
+        }
+    }
+    // `fleetload worker` processes on PostgreSQL, as deployed: the API process runs none.
+    let processes: Vec<usize> = if quick {
+        Vec::new()
+    } else {
+        std::env::var("FLEETLOAD_BENCH_WORKER_PROCESSES")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    };
+    for &n in &processes {
+        for &rows in &sizes {
+            let Some(url) = fresh_pg_database(&admin).await else {
+                println!("PostgreSQL unreachable at {admin}: worker processes skipped");
+                break;
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let mut settings = on_postgres(dir.path(), &url, workers, chunk_size);
+            settings.workers = Some(0);
+            let children: Vec<WorkerProcess> = (0..n)
+                .map(|_| WorkerProcess::spawn(&url, dir.path(), chunk_size))
+                .collect();
+            let label = format!("PostgreSQL, {n} × `fleetload worker`");
+            let line = run(label, settings, None, rows).await;
+            let child_peak = children
+                .iter()
+                .map(WorkerProcess::peak_rss_mib)
+                .fold(0.0, f64::max);
+            println!(
+                "{:>27}largest peak RSS of a worker process: {child_peak:.1} MiB",
+                ""
+            );
+            lines.push(line);
+            drop(children);
             drop_pg_database(&admin, &url).await;
         }
     }
@@ -173,10 +220,10 @@ async fn main() {
                     .unwrap()
                     .to_owned();
                 let dir = tempfile::tempdir().unwrap();
-                let mut settings = on_postgres(dir.path(), &url, workers);
+                let mut settings = on_postgres(dir.path(), &url, workers, chunk_size);
                 settings.sqs_queue_url = Some(queue_url.clone());
                 settings.sqs_endpoint_url = Some(url::Url::parse(&moto.url).unwrap());
-                lines.push(run("PostgreSQL + SQS", settings, Some(sdk.clone()), rows).await);
+                lines.push(run("PostgreSQL + SQS".into(), settings, Some(sdk.clone()), rows).await);
                 drop_pg_database(&admin, &url).await;
                 let _ = sqs.delete_queue().queue_url(queue_url).send().await;
             }
@@ -206,14 +253,60 @@ async fn main() {
     }
 }
 
-fn on_postgres(dir: &std::path::Path, url: &str, workers: Option<usize>) -> Settings {
+fn on_postgres(
+    dir: &std::path::Path,
+    url: &str,
+    workers: Option<usize>,
+    chunk_size: Option<usize>,
+) -> Settings {
     let mut settings = Settings::embedded(dir);
+    settings.chunk_size = chunk_size.unwrap_or(settings.chunk_size);
     settings.database_url = Some(url.to_owned().into());
     settings.demo_data = true;
     // `serve` on PostgreSQL runs no workers by default (they are `fleetload worker`
     // processes); the bench runs them in this process, as many as `worker` would.
     settings.workers = Some(workers.unwrap_or(2));
     settings
+}
+
+/// A `fleetload worker` child on the bench's database and data dir, killed when dropped.
+struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    fn spawn(database_url: &str, data_dir: &std::path::Path, chunk_size: Option<usize>) -> Self {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleetload"));
+        cmd.arg("worker");
+        // Only what the bench names: nothing of the developer's own environment.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FLEETLOAD_") || key.starts_with("AWS_") || key == "DATABASE_URL" {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("DATABASE_URL", database_url)
+            .env("FLEETLOAD_DATA_DIR", data_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(size) = chunk_size {
+            cmd.env("FLEETLOAD_CHUNK_SIZE", size.to_string());
+        }
+        Self(cmd.spawn().expect("the fleetload binary starts"))
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn moto_available() -> bool {
@@ -226,12 +319,7 @@ fn moto_available() -> bool {
             .is_ok()
 }
 
-async fn run(
-    label: &'static str,
-    settings: Settings,
-    aws: Option<aws_config::SdkConfig>,
-    rows: usize,
-) -> Line {
+async fn run(label: String, settings: Settings, aws: Option<aws_config::SdkConfig>, rows: usize) -> Line {
     let pg_url = settings
         .database_url
         .as_ref()
