@@ -92,6 +92,17 @@ async fn wait_ready(http: &reqwest::Client, url: &str, process: &Process) {
 }
 
 /// The samples of a text exposition, parsed by a Prometheus parser: `(name, labels) → value`.
+/// The exposition text of `{base}/metrics`.
+async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn scrape(text: &str) -> Vec<prometheus_parse::Sample> {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     prometheus_parse::Scrape::parse(lines)
@@ -282,15 +293,7 @@ async fn metrics_count_a_processed_upload_exactly_and_logs_follow_it_by_public_i
     }
 
     // The API's own /metrics.
-    let text = client
-        .http
-        .get(format!("{}/metrics", client.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&client.http, &client.url).await;
     assert_exposition_lines(&text);
     let samples = scrape(&text);
     let rows = "fleetload_rows_total";
@@ -504,15 +507,7 @@ async fn request_ids_are_echoed_generated_or_replaced_and_logged() {
     };
     let started = Instant::now();
     loop {
-        let text = client
-            .http
-            .get(format!("{metrics_url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&client.http, &metrics_url).await;
         let samples = scrape(&text);
         let connections = gauge(&samples, "fleetload_websocket_connections");
         let subscriptions = gauge(&samples, "fleetload_websocket_subscriptions");
@@ -533,15 +528,7 @@ async fn request_ids_are_echoed_generated_or_replaced_and_logged() {
     ws.close(None).await.unwrap();
     let started = Instant::now();
     loop {
-        let text = client
-            .http
-            .get(format!("{metrics_url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&client.http, &metrics_url).await;
         let samples = scrape(&text);
         if gauge(&samples, "fleetload_websocket_connections") == 0.0
             && gauge(&samples, "fleetload_websocket_subscriptions") == 0.0
