@@ -210,15 +210,7 @@ async fn main() {
                     println!("PostgreSQL unreachable at {admin}: SQS skipped");
                     break;
                 };
-                let queue_url = sqs
-                    .create_queue()
-                    .queue_name(format!("flbench-{}", uuid::Uuid::new_v4().simple()))
-                    .send()
-                    .await
-                    .unwrap()
-                    .queue_url()
-                    .unwrap()
-                    .to_owned();
+                let queue_url = moto::create_queue(&sqs, "flbench").await;
                 let dir = tempfile::tempdir().unwrap();
                 let mut settings = on_postgres(dir.path(), &url, workers, chunk_size);
                 settings.sqs_queue_url = Some(queue_url.clone());

@@ -381,15 +381,7 @@ async fn sqs_fairness(rows: usize) {
     // Without the window (every chunk sent at once, as before it) and with the default; a
     // queue each (the first server's workers still run).
     for window in [0, Settings::embedded("/tmp").fanout_window] {
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(format!("flbench-{}", uuid::Uuid::new_v4().simple()))
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_owned();
+        let queue_url = moto::create_queue(&sqs, "flbench").await;
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::embedded(dir.path());
         settings.workers = Some(2);

@@ -31,15 +31,7 @@ async fn app_on_sqs(backend: Backend, configure: impl FnOnce(&mut fleetload::con
     let moto = moto::s3_endpoint().await;
     let sdk = moto::sdk_config(&moto.url);
     let client = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = client
-        .create_queue()
-        .queue_name(format!("fltest-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let queue_url = moto::create_queue(&client, "fltest").await;
     let endpoint = url::Url::parse(&moto.url).unwrap();
     let q = queue_url.clone();
     let app = spawn_app_full(

@@ -136,3 +136,15 @@ pub async fn create_bucket(sdk: &SdkConfig) -> String {
         });
     bucket
 }
+
+/// Creates an SQS queue no other test or bench uses (`{prefix}-<uuid>`) and returns its URL.
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    sqs.create_queue()
+        .queue_name(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned()
+}

@@ -430,15 +430,7 @@ async fn with_chunks_on_sqs_a_stranded_upload_is_resumed_once_the_queue_is_empty
     let moto = crate::moto::s3_endpoint().await;
     let sdk = crate::moto::sdk_config(&moto.url);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(format!("fltest-{}", uuid::Uuid::new_v4().simple()))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let queue_url = crate::moto::create_queue(&sqs, "fltest").await;
     let endpoint = url::Url::parse(&moto.url).unwrap();
     let q = queue_url.clone();
     let app = spawn_app_full(
