@@ -150,7 +150,7 @@ async fn deep_documents_are_refused_and_the_introspection_query_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_400_mb_body_is_refused_early_without_reading_it_whole() {
+async fn a_400_mb_body_is_refused_with_413_and_never_held() {
     let app = spawn_app(Backend::Sqlite).await;
     let before = rss_mib();
     // Streamed, so the server cannot know its length up front; generated, never held whole.
