@@ -100,15 +100,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await);
         }
         Command::Serve => {
-            telemetry::init(settings.log_json);
+            let _telemetry = telemetry::init(settings.log_json);
             Application::build(settings).await?.run_until_stopped().await?;
         }
         Command::Worker => {
-            telemetry::init(settings.log_json);
+            let _telemetry = telemetry::init(settings.log_json);
             crate::startup::run_worker(settings, None).await?;
         }
         Command::Migrate => {
-            telemetry::init(settings.log_json);
+            let _telemetry = telemetry::init(settings.log_json);
             let db = db::connect(&settings).await?;
             db::migrate(&db).await?;
             tracing::info!("database is up to date");

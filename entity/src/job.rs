@@ -50,6 +50,9 @@ pub struct Model {
     /// Fairness rank within a queue, claimed lowest first: a chunk's first row number, 0
     /// for other jobs.
     pub seq: i32,
+    /// W3C trace context of the span that queued the job (NULL when traces are not
+    /// exported); the worker's span continues it.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

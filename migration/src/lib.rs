@@ -10,6 +10,7 @@ mod m20261124_000001_add_error_report_key;
 pub mod m20261201_000003_job_settlement;
 mod m20261201_000004_reports_chunks_catalog;
 mod m20261201_000005_hot_tables_without_foreign_keys;
+mod m20261201_000006_job_trace_context;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_job_settlement::Migration),
             Box::new(m20261201_000004_reports_chunks_catalog::Migration),
             Box::new(m20261201_000005_hot_tables_without_foreign_keys::Migration),
+            Box::new(m20261201_000006_job_trace_context::Migration),
         ]
     }
 }

@@ -47,18 +47,21 @@ pub async fn layer(mut request: Request, next: Next) -> Response {
 
 /// The span of one request: method, path (never the query string, which may carry a
 /// download signature) and request id. At INFO, so it is on every line the request logs.
+/// When traces are exported it continues the caller's trace (`traceparent`).
 pub fn span(request: &Request) -> Span {
     let id = request
         .extensions()
         .get::<RequestId>()
         .map(RequestId::as_str)
         .unwrap_or_default();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %id,
-    )
+    );
+    crate::telemetry::continue_request_trace(&span, request.headers());
+    span
 }
 
 #[cfg(test)]

@@ -251,16 +251,21 @@ impl Pipeline {
     }
 
     /// Handles one job inside a span naming its upload (public id and tenant), so every
-    /// line a job writes can be found by the id clients and operators know.
+    /// line a job writes can be found by the id clients and operators know; the span
+    /// continues the trace of whatever queued the job.
     async fn execute(
         &self,
         queue: &dyn Queue,
         delivery: Delivery,
         shutdown: &CancellationToken,
     ) -> Result<(), QueueError> {
-        let span =
-            crate::telemetry::upload_span(&self.db, kind_of(&delivery.payload), delivery.payload.upload_id())
-                .await;
+        let span = crate::telemetry::upload_span(
+            &self.db,
+            kind_of(&delivery.payload),
+            delivery.payload.upload_id(),
+            delivery.traceparent.as_deref(),
+        )
+        .await;
         self.execute_in_span(queue, delivery, shutdown)
             .instrument(span)
             .await

@@ -148,7 +148,7 @@ impl Sweeper<'_> {
             if verdict == Verdict::Leave || !self.claim(id, status, stale_before).await? {
                 continue;
             }
-            let span = crate::telemetry::upload_span(self.db, "sweep", id).await;
+            let span = crate::telemetry::upload_span(self.db, "sweep", id, None).await;
             async {
                 match verdict {
                     Verdict::Resume => {

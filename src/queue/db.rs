@@ -131,6 +131,7 @@ impl DbQueue {
                 job::Column::Payload,
                 job::Column::Attempts,
                 job::Column::Seq,
+                job::Column::Traceparent,
             ]));
         let backend = self.db.get_database_backend();
         let rows = self.db.query_all(backend.build(&claim)).await?;
@@ -146,6 +147,7 @@ impl DbQueue {
                         handle: id.to_string(),
                         payload,
                         attempt: u32::try_from(attempts).unwrap_or(0),
+                        traceparent: row.try_get("", "traceparent")?,
                     },
                 )),
                 // A row no consumer can read would otherwise come back at every lease. If
@@ -282,6 +284,7 @@ impl DbQueue {
 impl Queue for DbQueue {
     async fn send(&self, jobs: &[JobPayload]) -> Result<(), QueueError> {
         let now = Utc::now();
+        let traceparent = crate::telemetry::traceparent();
         let mut rows = Vec::with_capacity(jobs.len().min(SEND_ROWS_PER_STATEMENT));
         let mut bytes = 0;
         for payload in jobs {
@@ -299,6 +302,7 @@ impl Queue for DbQueue {
                 dedupe_key: Set(Some(payload.dedupe_key())),
                 upload_id: Set(Some(payload.upload_id())),
                 seq: Set(payload.seq()),
+                traceparent: Set(traceparent.clone()),
                 state: Set(JobState::Available),
                 attempts: Set(0),
                 max_attempts: Set(i32::try_from(self.max_attempts).unwrap_or(i32::MAX)),

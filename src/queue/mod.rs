@@ -134,6 +134,8 @@ pub struct Delivery {
     pub payload: JobPayload,
     /// 1 on the first delivery.
     pub attempt: u32,
+    /// W3C trace context of the span that sent the job, when traces are exported.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +271,7 @@ pub async fn enqueue_with(
         dedupe_key: Set(Some(payload.dedupe_key())),
         upload_id: Set(Some(payload.upload_id())),
         seq: Set(payload.seq()),
+        traceparent: Set(crate::telemetry::traceparent()),
         state: Set(JobState::Available),
         attempts: Set(0),
         max_attempts: Set(i32::try_from(max_attempts).unwrap_or(i32::MAX)),

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 
 use super::{DEFAULT_MAX_ATTEMPTS, DeadJob, Delivery, JobPayload, MAX_LEASE, Queue, QueueError, QueueStats};
+use crate::telemetry::TRACEPARENT;
 
 /// Largest message body sent, and the largest sum of bodies in one batch: SQS's classic
 /// limit (queues may be configured lower, which [`SqsQueue::new`] reads; AWS now allows up
@@ -117,8 +118,14 @@ impl SqsQueue {
     }
 
     /// Sends one batch, re-sending the entries SQS failed (they carry their index in
-    /// `bodies` as id) a few times before giving up.
-    async fn send_batch(&self, bodies: &[String], mut pending: Vec<usize>) -> Result<(), QueueError> {
+    /// `bodies` as id) a few times before giving up. Each message carries the sender's
+    /// trace context as a message attribute, where SQS consumers look for it.
+    async fn send_batch(
+        &self,
+        bodies: &[String],
+        traceparent: Option<&MessageAttributeValue>,
+        mut pending: Vec<usize>,
+    ) -> Result<(), QueueError> {
         let mut pause = SEND_BACKOFF;
         for attempt in 1..=SEND_ATTEMPTS {
             let entries = pending
@@ -127,6 +134,9 @@ impl SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(&bodies[i])
+                        .set_message_attributes(
+                            traceparent.map(|t| [(TRACEPARENT.to_owned(), t.clone())].into()),
+                        )
                         .build()
                         .map_err(|e| QueueError::Sqs(e.to_string()))
                 })
@@ -176,6 +186,11 @@ impl SqsQueue {
                 handle: receipt.to_owned(),
                 payload,
                 attempt: receive_count(message),
+                traceparent: message
+                    .message_attributes()
+                    .and_then(|attributes| attributes.get(TRACEPARENT))
+                    .and_then(MessageAttributeValue::string_value)
+                    .map(str::to_owned),
             })),
             Err(err) => {
                 let error = format!("undecodable message body: {err}");
@@ -306,15 +321,29 @@ impl SqsQueue {
 #[async_trait::async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, jobs: &[JobPayload]) -> Result<(), QueueError> {
+        let traceparent = crate::telemetry::traceparent();
+        // SQS counts an attribute's name, type and value in the message's size.
+        let attribute_bytes = traceparent
+            .as_ref()
+            .map_or(0, |t| TRACEPARENT.len() + "String".len() + t.len());
+        let traceparent = traceparent
+            .map(|t| {
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(t)
+                    .build()
+                    .map_err(|e| QueueError::Sqs(e.to_string()))
+            })
+            .transpose()?;
         // Every body is checked before any is sent, so a refused send sends nothing.
         let bodies = jobs
             .iter()
             .map(|job| {
                 let body = serde_json::to_string(job)?;
-                if body.len() > self.max_bytes {
+                if body.len() + attribute_bytes > self.max_bytes {
                     return Err(QueueError::TooLarge {
                         key: job.dedupe_key(),
-                        bytes: body.len(),
+                        bytes: body.len() + attribute_bytes,
                         limit: self.max_bytes,
                     });
                 }
@@ -326,15 +355,17 @@ impl Queue for SqsQueue {
         let mut batch = Vec::with_capacity(BATCH_ENTRIES);
         let mut bytes = 0;
         for (i, body) in bodies.iter().enumerate() {
-            if !batch.is_empty() && (batch.len() == BATCH_ENTRIES || bytes + body.len() > MAX_MESSAGE_BYTES) {
-                self.send_batch(&bodies, std::mem::take(&mut batch)).await?;
+            let size = body.len() + attribute_bytes;
+            if !batch.is_empty() && (batch.len() == BATCH_ENTRIES || bytes + size > MAX_MESSAGE_BYTES) {
+                self.send_batch(&bodies, traceparent.as_ref(), std::mem::take(&mut batch))
+                    .await?;
                 bytes = 0;
             }
-            bytes += body.len();
+            bytes += size;
             batch.push(i);
         }
         if !batch.is_empty() {
-            self.send_batch(&bodies, batch).await?;
+            self.send_batch(&bodies, traceparent.as_ref(), batch).await?;
         }
         Ok(())
     }
@@ -359,6 +390,7 @@ impl Queue for SqsQueue {
                 .visibility_timeout(visibility)
                 .wait_time_seconds(wait_secs)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_attribute_names(TRACEPARENT)
                 .send()
                 .await
                 .map_err(sqs_error)?;

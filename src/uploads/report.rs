@@ -137,7 +137,7 @@ impl ReportBuilder {
         let Some((upload_id, attempt)) = self.claim().await? else {
             return Ok(Built::Empty);
         };
-        let span = crate::telemetry::upload_span(&self.db, "report", upload_id).await;
+        let span = crate::telemetry::upload_span(&self.db, "report", upload_id, None).await;
         self.build_and_settle(upload_id, attempt).instrument(span).await?;
         Ok(Built::Done)
     }

@@ -106,7 +106,13 @@ impl WebhookDeliverer {
         let Some(delivery) = self.queue.receive(1, lease, Duration::ZERO).await?.pop() else {
             return Ok(Step::Empty);
         };
-        let span = crate::telemetry::upload_span(&self.db, "webhook", delivery.payload.upload_id()).await;
+        let span = crate::telemetry::upload_span(
+            &self.db,
+            "webhook",
+            delivery.payload.upload_id(),
+            delivery.traceparent.as_deref(),
+        )
+        .await;
         self.settle(delivery).instrument(span).await?;
         Ok(Step::Done)
     }

@@ -54,7 +54,8 @@ static TRACING: Once = Once::new();
 pub fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            fleetload::telemetry::init(false);
+            // Kept for the whole test process.
+            std::mem::forget(fleetload::telemetry::init(false));
         }
     });
 }
