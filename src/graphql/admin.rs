@@ -4,7 +4,7 @@
 use async_graphql::{Context, Enum, Object, SimpleObject};
 use entity::{action, tenant, workflow};
 
-use super::context::RequestAuth;
+use super::context::{RequestAuth, db_permit};
 use super::scalars::AwsDateTime;
 use crate::admin::{self, NewAction};
 use crate::error::{GqlResult, IntoGql};
@@ -92,6 +92,9 @@ fn all<M, T: From<M>>(items: Vec<M>) -> Vec<T> {
     items.into_iter().map(T::from).collect()
 }
 
+/// Each query takes one of the request's database permits while it reads, as the upload
+/// queries do, so aliases wait in line; mutations need none: a request's mutations run one
+/// at a time.
 #[derive(Default)]
 pub struct AdminQuery;
 
@@ -100,6 +103,7 @@ impl AdminQuery {
     /// `tenantId` and its workspaces, parents before children.
     async fn tenants(&self, ctx: &Context<'_>, tenant_id: String) -> GqlResult<Vec<Tenant>> {
         async {
+            let _permit = db_permit(ctx).await;
             Ok(all(
                 admin::tenants(&ctx.app()?.db, ctx.identity()?, &tenant_id).await?
             ))
@@ -111,6 +115,7 @@ impl AdminQuery {
     /// Actions usable in `tenantId`: its own and those inherited from its ancestors.
     async fn actions(&self, ctx: &Context<'_>, tenant_id: String) -> GqlResult<Vec<Action>> {
         async {
+            let _permit = db_permit(ctx).await;
             Ok(all(
                 admin::actions(&ctx.app()?.db, ctx.identity()?, &tenant_id).await?
             ))
@@ -122,6 +127,7 @@ impl AdminQuery {
     /// Workflows usable in `tenantId`: its own and those inherited from its ancestors.
     async fn workflows(&self, ctx: &Context<'_>, tenant_id: String) -> GqlResult<Vec<Workflow>> {
         async {
+            let _permit = db_permit(ctx).await;
             Ok(all(
                 admin::workflows(&ctx.app()?.db, ctx.identity()?, &tenant_id).await?
             ))
