@@ -4,6 +4,7 @@
 //! inserted. A marker row claimed first makes a redelivered or re-run chunk a no-op.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -13,10 +14,10 @@ use entity::upload::{self, UploadStatus};
 use entity::{batch_result, upload_chunk};
 use sea_orm::sea_query::{ArrayType, Expr, OnConflict, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    QueryFilter, Set, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, Set, Value,
 };
 
+use super::chunk_txn::{ChunkTxn, is_unique_violation, push_copy_text};
 use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
 use crate::domain::DeviceType;
 use crate::queue::ChunkJob;
@@ -66,7 +67,7 @@ pub async fn apply_chunk(
     let started = Instant::now();
     // SQLite: one writer at a time, taking turns in this process (see `sqlite_write_turn`).
     let _writer = crate::db::sqlite_write_turn(db).await;
-    let txn = db.begin().await?;
+    let txn = ChunkTxn::begin(db).await?;
     let now = Utc::now();
     // First statement: on SQLite it takes the write lock, so nothing read below can be
     // changed by another writer before this transaction commits.
@@ -216,7 +217,7 @@ fn action_context(upload: &upload::Model) -> Result<ActionContext, ChunkError> {
 /// The stored devices of `keys`, locked for this transaction on PostgreSQL (on SQLite the
 /// transaction already holds the database's write lock).
 async fn load_devices(
-    txn: &DatabaseTransaction,
+    txn: &ChunkTxn,
     device_type: DeviceType,
     keys: &[&str],
 ) -> Result<HashMap<String, DeviceView>, DbErr> {
@@ -292,7 +293,7 @@ fn text_array(items: impl IntoIterator<Item = Option<String>>) -> Value {
 
 /// Inserts the devices REGISTER creates; returns the keys this transaction inserted.
 async fn create_devices(
-    txn: &DatabaseTransaction,
+    txn: &ChunkTxn,
     ctx: &ActionContext,
     inputs: &[RowInput],
     rows: &[usize],
@@ -308,6 +309,32 @@ async fn create_devices(
     let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
     let mut created = HashSet::with_capacity(rows.len());
     if backend == DbBackend::Postgres {
+        // COPY under a savepoint: a key another upload created since the lookup (committed,
+        // or committing while this waits on it) fails the whole COPY. Rolled back to the
+        // savepoint, the chunk's devices go in by the insert that skips such keys instead,
+        // and their rows are decided again by the caller.
+        txn.execute_unprepared("SAVEPOINT create_devices").await?;
+        match txn
+            .copy_in(COPY_DEVICES, device_rows(ctx, inputs, rows, now))
+            .await
+        {
+            Ok(_) => {
+                txn.execute_unprepared("RELEASE SAVEPOINT create_devices").await?;
+                created.extend(
+                    rows.iter()
+                        .filter_map(|&i| inputs[i].lookup_key().map(str::to_owned)),
+                );
+                return Ok(created);
+            }
+            Err(e) if is_unique_violation(&e) => {
+                tracing::debug!("a device of the chunk was created meanwhile; inserting around it");
+                txn.execute_unprepared(
+                    "ROLLBACK TO SAVEPOINT create_devices; RELEASE SAVEPOINT create_devices",
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
         const SQL: &str = "INSERT INTO devices (tenant_id, device_type, uid, uid2, state, service_type, brand_id, \
                              workflow_id, created_at, updated_at) \
                            SELECT $1, $2, u.uid, NULLIF(u.uid2, ''), $3, $4, $5, $6, $7, $7 FROM UNNEST($8::text[], $9::text[]) AS u(uid, uid2) \
@@ -370,7 +397,7 @@ async fn create_devices(
 
 /// One UPDATE per kind of effect for the whole chunk.
 async fn apply_updates(
-    txn: &DatabaseTransaction,
+    txn: &ChunkTxn,
     ctx: &ActionContext,
     decisions: &[Decision],
     now: DateTime<Utc>,
@@ -429,40 +456,17 @@ async fn apply_updates(
 
 /// Inserts one result per row; returns how many succeeded and failed. No row of the chunk
 /// can have a result yet: only this chunk's transaction writes them, and its marker row
-/// (claimed first) makes every other delivery of the chunk a no-op. So the rows go in with
-/// plain inserts, without conflict handling; the primary key still refuses a second result.
-async fn insert_results(
-    txn: &DatabaseTransaction,
-    job: &ChunkJob,
-    decisions: &[Decision],
-) -> Result<(i32, i32), DbErr> {
+/// (claimed first) makes every other delivery of the chunk a no-op. So the rows go in without
+/// conflict handling (on PostgreSQL by `COPY`, which has none); the primary key still refuses
+/// a second result.
+async fn insert_results(txn: &ChunkTxn, job: &ChunkJob, decisions: &[Decision]) -> Result<(i32, i32), DbErr> {
     let succeeded = decisions
         .iter()
         .filter(|d| matches!(d, Decision::Success(_)))
         .count() as i32;
     let counts = (succeeded, decisions.len() as i32 - succeeded);
     if txn.get_database_backend() == DbBackend::Postgres {
-        const SQL: &str = "INSERT INTO batch_results (upload_id, row_number, device_uid, outcome, error_code, message) \
-                           SELECT $1, r.n, r.uid, r.outcome, NULLIF(r.code, ''), NULLIF(r.msg, '') \
-                           FROM UNNEST($2::int4[], $3::text[], $4::text[], $5::text[], $6::text[]) AS r(n, uid, outcome, code, msg)";
-        let numbers = job.rows.iter().map(|r| Value::Int(Some(r.row_number))).collect();
-        let (mut outcomes, mut codes, mut messages) = (Vec::new(), Vec::new(), Vec::new());
-        for decision in decisions {
-            let (outcome, code, message) = result_of(decision);
-            outcomes.push(Some(outcome.to_owned()));
-            codes.push(code);
-            messages.push(message);
-        }
-        let values = [
-            job.upload_id.into(),
-            Value::Array(ArrayType::Int, Some(Box::new(numbers))),
-            text_array(job.rows.iter().map(|r| Some(r.uid.trim().to_owned()))),
-            text_array(outcomes),
-            text_array(codes),
-            text_array(messages),
-        ];
-        txn.execute(crate::db::stmt(DbBackend::Postgres, SQL, values))
-            .await?;
+        txn.copy_in(COPY_RESULTS, result_rows(job, decisions)).await?;
         return Ok(counts);
     }
     for (rows, decisions) in job
@@ -495,12 +499,68 @@ async fn insert_results(
     Ok(counts)
 }
 
-/// The result columns of a decision: outcome, error code, message.
-fn result_of(decision: &Decision) -> (&'static str, Option<String>, Option<String>) {
-    match decision {
-        Decision::Success(_) => ("SUCCESS", None, None),
-        Decision::Fail(e, m) => ("FAIL", Some(e.code().to_owned()), Some(m.clone())),
+/// PostgreSQL's bulk path for new devices and results, fed by `device_rows` and `result_rows`.
+const COPY_DEVICES: &str = "COPY devices (tenant_id, device_type, uid, uid2, state, service_type, brand_id, \
+                            workflow_id, created_at, updated_at) FROM STDIN";
+const COPY_RESULTS: &str =
+    "COPY batch_results (upload_id, row_number, device_uid, outcome, error_code, message) FROM STDIN";
+
+/// The `COPY` text of the devices REGISTER creates at `rows` (in their order): the columns
+/// and values of the insert it replaces, an empty second IMEI as NULL.
+fn device_rows(ctx: &ActionContext, inputs: &[RowInput], rows: &[usize], now: DateTime<Utc>) -> Vec<u8> {
+    let mut before = String::new();
+    push_copy_text(&mut before, Some(&ctx.target_tenant), false);
+    let _ = write!(before, "\t{}\t", ctx.device_type.code());
+    let mut after = format!("\t{}\t{}\t", state::READY_FOR_USE, ctx.target_service_type);
+    match ctx.brand_id {
+        Some(brand) => {
+            let _ = write!(after, "{brand}");
+        }
+        None => after.push_str("\\N"),
     }
+    after.push('\t');
+    push_copy_text(
+        &mut after,
+        ctx.workflow.as_ref().map(|(id, _)| id.as_str()),
+        false,
+    );
+    // Microseconds, as PostgreSQL stores them (and as a bound value is truncated to).
+    let now = now.format("%Y-%m-%d %H:%M:%S%.6f+00");
+    let _ = writeln!(after, "\t{now}\t{now}");
+    let mut buf = String::with_capacity(rows.len() * (before.len() + after.len() + 40));
+    for &i in rows {
+        let Some(key) = inputs[i].lookup_key() else {
+            continue;
+        };
+        buf.push_str(&before);
+        push_copy_text(&mut buf, Some(key), false);
+        buf.push('\t');
+        push_copy_text(&mut buf, inputs[i].key2.as_deref(), true);
+        buf.push_str(&after);
+    }
+    buf.into_bytes()
+}
+
+/// The `COPY` text of a chunk's results: empty error codes and messages as NULL, as the
+/// insert it replaces stored them.
+fn result_rows(job: &ChunkJob, decisions: &[Decision]) -> Vec<u8> {
+    let mut buf = String::with_capacity(job.rows.len() * 48);
+    for (row, decision) in job.rows.iter().zip(decisions) {
+        let (outcome, code, message) = match decision {
+            Decision::Success(_) => ("SUCCESS", None, None),
+            Decision::Fail(e, m) => ("FAIL", Some(e.code()), Some(m.as_str())),
+        };
+        let _ = write!(buf, "{}\t{}\t", job.upload_id, row.row_number);
+        push_copy_text(&mut buf, Some(row.uid.trim()), false);
+        buf.push('\t');
+        buf.push_str(outcome);
+        buf.push('\t');
+        push_copy_text(&mut buf, code, true);
+        buf.push('\t');
+        push_copy_text(&mut buf, message, true);
+        buf.push('\n');
+    }
+    buf.into_bytes()
 }
 
 /// Adds this chunk's counts and, when they reach the total, completes the upload in the same
@@ -509,7 +569,7 @@ fn result_of(decision: &Decision) -> (&'static str, Option<String>, Option<Strin
 /// the others' committed counts and exactly one of them completes it. `None` when the upload
 /// left PROCESSING meanwhile.
 async fn add_to_counters(
-    txn: &DatabaseTransaction,
+    txn: &ChunkTxn,
     upload_id: i64,
     succeeded: i32,
     failed: i32,

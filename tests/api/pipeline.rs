@@ -140,6 +140,25 @@ on_both_backends! {
         assert_eq!(count, 10_001);
     }
 
+    async fn results_echo_keys_with_backslashes_tabs_and_line_breaks_exactly(app: TestApp) {
+        // PostgreSQL writes results with COPY's text format, where these characters (and a
+        // lone `\N`) mean something: they must come back as the file had them.
+        let fresh = imeis(5, 2);
+        let mut rows = fresh.clone();
+        rows.extend(["\\N", "back\\slash\\", "\"tab\there\"", "\"line\nbreak\"", "\"cr\rhere\"", "\"\\t\\n\""].map(str::to_owned));
+        let id = app.upload_csv(&app.alice(), json!({"rowCount": rows.len()}), csv("imei", &rows)).await;
+        app.drain().await;
+
+        let results = app.results(&id).await;
+        let uids: Vec<&str> = results.iter().map(|r| r.1.as_str()).collect();
+        assert_eq!(uids, [fresh[0].as_str(), fresh[1].as_str(), "\\N", "back\\slash\\", "tab\there", "line\nbreak", "cr\rhere", "\\t\\n"]);
+        assert_eq!(codes(&results), BTreeMap::from([
+            ("SUCCESS".to_owned(), 2),
+            ("INVALID_DEVICE_UID".to_owned(), 6),
+        ]));
+        assert_eq!(device_of(&app, &fresh[1]).await.uid2, None);
+    }
+
     async fn every_action_applies_its_effect_once(app: TestApp) {
         let keys = imeis(4, 6);
         seed_devices(&app, "demo", &keys[..3], state::READY_FOR_USE, 2, None).await;
