@@ -1,4 +1,5 @@
-# fleetload container image: build the release binary, ship only it on a slim Debian.
+# fleetload container image: build the shipped binary (`dist` profile: release + thin LTO),
+# ship only it on a slim Debian.
 #   docker build -t fleetload .
 #   docker run --rm -p 8080:8080 --env-file fleetload.env fleetload            # API (serve)
 #   docker run --rm --env-file fleetload.env -e FLEETLOAD_METRICS_LISTEN=0.0.0.0:9464 fleetload worker
@@ -19,8 +20,8 @@ RUN mkdir -p src entity/src migration/src benches \
     && cargo fetch --locked
 # Then the sources (assets/ are embedded in the binary at build time).
 COPY . .
-RUN cargo build --release --locked --bin fleetload \
-    && install -D -m 0755 target/release/fleetload /out/fleetload
+RUN cargo build --profile dist --locked --bin fleetload \
+    && install -D -m 0755 target/dist/fleetload /out/fleetload
 
 # --- runtime ---
 FROM debian:bookworm-slim
