@@ -33,6 +33,7 @@ mod storage_local;
 mod storage_s3;
 mod subscriptions;
 mod tenancy;
+mod traces;
 mod webhook;
 mod websocket_lifecycle;
 mod websocket_limits;
