@@ -114,10 +114,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("database is up to date");
             // Printed, not logged: the operator who ran `migrate --demo-data` (the README's
             // tour on PostgreSQL) sees what exists now, whatever the log filter.
-            if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
-                println!("{}", demo::seed(&db).await?);
-            } else {
-                println!("migrations applied; no demo data seeded (add --demo-data to seed it)");
+            match demo::seed_if_wanted(&db, &settings).await? {
+                Some(seeded) => println!("{seeded}"),
+                None => println!("migrations applied; no demo data seeded (add --demo-data to seed it)"),
             }
         }
         Command::Schema => print!("{}", graphql::sdl()),

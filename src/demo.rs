@@ -7,6 +7,8 @@ use entity::{tenant, workflow};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, Set, TransactionTrait};
 
+use crate::config::Settings;
+
 pub const DEMO: &str = "demo";
 pub const DEMO_EAST: &str = "demo-east";
 pub const ACME: &str = "acme";
@@ -20,6 +22,18 @@ pub const INVENTORY: i32 = 6;
 /// Whether the database has no tenants at all (a new database).
 pub async fn is_empty(db: &impl ConnectionTrait) -> Result<bool, sea_orm::DbErr> {
     Ok(Tenant::find().count(db).await? == 0)
+}
+
+/// Seeds when asked (`--demo-data`) or when the embedded database is new, as `serve` and
+/// `migrate` both do; `None` when neither holds.
+pub async fn seed_if_wanted<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    settings: &Settings,
+) -> Result<Option<Seeded>, sea_orm::DbErr> {
+    if settings.demo_data || (settings.uses_embedded_database() && is_empty(db).await?) {
+        return seed(db).await.map(Some);
+    }
+    Ok(None)
 }
 
 /// What one [`seed`] inserted: rows that were missing (0 everywhere on a second run).

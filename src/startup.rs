@@ -262,8 +262,10 @@ impl Components {
         let statements = db::StatementCounter::attach(&mut db);
         db::migrate(&db).await?;
         let worker_db = db::connect_workers(settings).await?;
-        if settings.demo_data || (settings.uses_embedded_database() && demo::is_empty(&db).await?) {
-            let seeded = demo::seed(&db).await.context("seeding demo data")?;
+        if let Some(seeded) = demo::seed_if_wanted(&db, settings)
+            .await
+            .context("seeding demo data")?
+        {
             tracing::info!(
                 tenants = seeded.tenants,
                 actions = seeded.actions,
