@@ -437,18 +437,22 @@ mod tests {
         names
     }
 
-    /// Whether `name` is exported: a name of [`ALL`], or a histogram's `_bucket`, `_sum` or
-    /// `_count` series.
-    fn is_exported(name: &str) -> bool {
-        if ALL.iter().any(|&(n, _, _)| n == name) {
-            return true;
+    /// The name of [`ALL`] that exports the series `name`: itself, or the histogram whose
+    /// `_bucket`, `_sum` or `_count` series it is.
+    fn exported_as(name: &str) -> Option<&'static str> {
+        if let Some(&(n, _, _)) = ALL.iter().find(|&&(n, _, _)| n == name) {
+            return Some(n);
         }
-        ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-            name.strip_suffix(suffix).is_some_and(|base| {
-                ALL.iter()
-                    .any(|&(n, kind, _)| n == base && kind == Kind::Histogram)
-            })
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = name.strip_suffix(suffix)?;
+            ALL.iter()
+                .find(|&&(n, kind, _)| n == base && kind == Kind::Histogram)
+                .map(|&(n, _, _)| n)
         })
+    }
+
+    fn is_exported(name: &str) -> bool {
+        exported_as(name).is_some()
     }
 
     /// Every query of the dashboard's panels (rows' nested panels included).
@@ -482,15 +486,12 @@ mod tests {
                 "panel {title:?} queries no fleetload metric: {expr}"
             );
             for name in names {
+                let exported = exported_as(name);
                 assert!(
-                    is_exported(name),
+                    exported.is_some(),
                     "panel {title:?} queries {name}, which is not exported"
                 );
-                used.insert(
-                    name.trim_end_matches("_bucket")
-                        .trim_end_matches("_sum")
-                        .trim_end_matches("_count"),
-                );
+                used.insert(exported.unwrap());
             }
         }
         // Every metric has a panel: a new metric gets one too.
