@@ -148,3 +148,39 @@ pub async fn create_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// A fresh queue with a fresh dead-letter queue of its own, to which messages move after
+/// `max_receives` receives (no redrive policy with `None`), and `attributes` besides.
+/// Returns the URLs of the queue and of its dead-letter queue.
+pub async fn create_queue_with_dead_letter(
+    sqs: &aws_sdk_sqs::Client,
+    max_receives: Option<u32>,
+    attributes: &[(aws_sdk_sqs::types::QueueAttributeName, String)],
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dlq_url = create_queue(sqs, "fltest-dlq").await;
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+    let mut create = sqs
+        .create_queue()
+        .queue_name(format!("fltest-{}", uuid::Uuid::new_v4().simple()));
+    if let Some(count) = max_receives {
+        create = create.attributes(
+            QueueAttributeName::RedrivePolicy,
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": count}).to_string(),
+        );
+    }
+    for (name, value) in attributes {
+        create = create.attributes(name.clone(), value);
+    }
+    let url = create.send().await.unwrap().queue_url().unwrap().to_owned();
+    (url, dlq_url)
+}

@@ -192,34 +192,9 @@ async fn a_worker_killed_mid_chunk_loses_and_doubles_nothing() {
 /// A main queue with a redrive policy to its own dead-letter queue, on moto.
 async fn sqs_queue(sdk: &aws_config::SdkConfig, max_receives: u32) -> String {
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let name = format!("fltest-{}", uuid::Uuid::new_v4().simple());
-    let dlq = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
+    moto::create_queue_with_dead_letter(&sqs, Some(max_receives), &[])
         .await
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(dlq.queue_url().unwrap())
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
-        .unwrap();
-    let policy =
-        json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()}).to_string();
-    sqs.create_queue()
-        .queue_name(name)
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy, policy)
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned()
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,37 +31,12 @@ async fn sqs_with(max_receive_count: Option<u32>, max_message_size: Option<u32>)
     let moto = moto::s3_endpoint().await;
     let sdk = moto::sdk_config(&moto.url);
     let client = aws_sdk_sqs::Client::new(&sdk);
-    let name = format!("fltest-{}", uuid::Uuid::new_v4().simple());
-    let dlq_url = client
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_owned();
-    let dlq_arn = client
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let mut create = client.create_queue().queue_name(&name);
-    if let Some(count) = max_receive_count {
-        create = create.attributes(
-            QueueAttributeName::RedrivePolicy,
-            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": count}).to_string(),
-        );
-    }
-    if let Some(size) = max_message_size {
-        create = create.attributes(QueueAttributeName::MaximumMessageSize, size.to_string());
-    }
-    let queue_url = create.send().await.unwrap().queue_url().unwrap().to_owned();
+    let attributes: Vec<_> = max_message_size
+        .map(|size| (QueueAttributeName::MaximumMessageSize, size.to_string()))
+        .into_iter()
+        .collect();
+    let (queue_url, dlq_url) =
+        moto::create_queue_with_dead_letter(&client, max_receive_count, &attributes).await;
     let queue = SqsQueue::new(&sdk, queue_url, None).await.unwrap();
     Sqs {
         queue,
