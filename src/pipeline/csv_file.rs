@@ -133,6 +133,8 @@ pub struct CsvFile<R> {
     /// it to where it stopped, so skipped blank lines and line breaks may be inside.
     span: (u64, u64),
     bom: bool,
+    /// File offset of the parser's offset 0: the BOM's length, or where a resumed read began.
+    base: u64,
 }
 
 impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
@@ -217,7 +219,43 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             rows: 0,
             span,
             bom: bom > 0,
+            base: bom as u64,
         })
+    }
+
+    /// Reads on from the middle of a file whose header was read before: `reader` starts at
+    /// file offset `at`, the start of data row `first_row` (or blank lines before it), as
+    /// [`CsvFile::offset`] found it; the key columns are the header's. The rows read are the
+    /// rows a read from the start gives there, with the same numbers. No header: `headers`
+    /// is empty.
+    pub fn resume(reader: R, at: u64, key: usize, key2: Option<usize>, first_row: i32) -> Self {
+        let csv = AsyncReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(BUFFER_BYTES)
+            .create_reader(Scanner::new(Cursor::new(Vec::new()).chain(reader), at));
+        Self {
+            csv,
+            headers: Vec::new(),
+            key,
+            key2,
+            rows: first_row.saturating_sub(1),
+            span: (0, 0),
+            bom: false,
+            base: at,
+        }
+    }
+
+    /// The file offset where the parser stopped: right after the last row read (or the
+    /// header), so the next row starts here or after blank lines. A read resumed here gives
+    /// the rest of the file's rows.
+    pub fn offset(&self) -> u64 {
+        self.base + self.csv.position().byte()
+    }
+
+    /// The device key column and the second IMEI column, as found in the header.
+    pub fn key_columns(&self) -> (usize, Option<usize>) {
+        (self.key, self.key2)
     }
 
     /// Whether the file starts with a UTF-8 byte-order mark.
@@ -1462,6 +1500,59 @@ mod tests {
         out
     }
 
+    /// Reads `bytes` whole, cutting it into chunks of `chunk_size` rows at the offsets the
+    /// dispatcher would record, then reads each chunk on its own from its byte range, as a
+    /// worker does: the rows and their numbers must be the same.
+    fn split_reads_match(
+        bytes: &[u8],
+        device_type: DeviceType,
+        chunk_size: usize,
+        trickle: usize,
+    ) -> Result<(), TestCaseError> {
+        let (whole, ranges, columns) = block_on(async {
+            let mut csv = CsvFile::open(Trickle::new(bytes.to_vec(), trickle), device_type).await?;
+            let (mut whole, mut ranges) = (Vec::new(), Vec::new());
+            let mut start = csv.offset();
+            let mut in_chunk = 0;
+            while let Some(row) = csv.next_row().await? {
+                whole.push(row);
+                in_chunk += 1;
+                if in_chunk == chunk_size {
+                    ranges.push((start, csv.offset(), whole.len() - in_chunk));
+                    start = csv.offset();
+                    in_chunk = 0;
+                }
+            }
+            if in_chunk > 0 {
+                ranges.push((start, csv.offset(), whole.len() - in_chunk));
+            }
+            Ok::<_, FileError>((whole, ranges, csv.key_columns()))
+        })
+        .map_err(|e| TestCaseError::fail(format!("whole read: {e}")))?;
+        for (start, end, first) in ranges {
+            let part = bytes[start as usize..end as usize].to_vec();
+            let first_row = whole[first].row_number;
+            let got = block_on(async {
+                let mut csv = CsvFile::resume(
+                    Trickle::new(part, trickle),
+                    start,
+                    columns.0,
+                    columns.1,
+                    first_row,
+                );
+                let mut got = Vec::new();
+                while let Some(row) = csv.next_row().await? {
+                    got.push(row);
+                }
+                Ok::<_, FileError>(got)
+            })
+            .map_err(|e| TestCaseError::fail(format!("range {start}..{end}: {e}")))?;
+            let expected = &whole[first..(first + chunk_size).min(whole.len())];
+            prop_assert_eq!(&got[..], expected, "range {}..{}", start, end);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
@@ -1500,6 +1591,42 @@ mod tests {
                 };
                 prop_assert_eq!(row, &expected);
                 prop_assert_eq!(record, written);
+            }
+        }
+
+        #[test]
+        fn chunks_read_from_their_byte_ranges_give_the_rows_of_a_whole_read(
+            file in any_file(),
+            crlf in any::<bool>(),
+            bom in any::<bool>(),
+            blank_lines in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+            chunk_size in 1usize..6,
+            trickle in 1usize..12,
+        ) {
+            let mut bytes = write(&file, crlf, bom);
+            // Empty lines (skipped, unnumbered) at line starts after the header, where a
+            // chunk boundary may fall.
+            let header_end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+            let starts: Vec<usize> = (header_end..=bytes.len())
+                .filter(|&i| i == bytes.len() || bytes[i - 1] == b'\n')
+                .collect();
+            let mut at: Vec<usize> = blank_lines.iter().map(|ix| starts[ix.index(starts.len())]).collect();
+            at.sort_unstable();
+            for &i in at.iter().rev() {
+                bytes.splice(i..i, if crlf { b"\r\n".to_vec() } else { b"\n".to_vec() });
+            }
+            split_reads_match(&bytes, file.device_type, chunk_size, trickle)?;
+        }
+
+        #[test]
+        fn any_text_read_in_chunks_gives_the_rows_of_a_whole_read(
+            soup in "[a ,\"\r\n]{0,80}",
+            chunk_size in 1usize..4,
+        ) {
+            let data = format!("imei,x\n{soup}");
+            // Only files that read at all: a quote left open fails the upload before any chunk.
+            if block_on(records(data.as_bytes(), DeviceType::Smartphone)).is_ok() {
+                split_reads_match(data.as_bytes(), DeviceType::Smartphone, chunk_size, 7)?;
             }
         }
 

@@ -29,7 +29,7 @@ use super::csv_file::{self, CsvFile, CsvRow, FileError};
 use super::fanout_window::Window;
 use crate::domain::DeviceType;
 use crate::domain::device_uid;
-use crate::queue::{ChunkJob, ChunkRow, JobPayload, Queue, QueueError};
+use crate::queue::{ChunkJob, ChunkRows, FileRange, JobPayload, Queue, QueueError};
 use crate::storage::{ObjectReader, ObjectStore, StorageError, snapshot_key};
 use crate::webhook::Outbox;
 
@@ -97,8 +97,10 @@ pub struct Dispatcher<'a> {
 /// A fan-out paused behind its window, as far as it had read the file.
 pub struct PausedFanOut {
     upload_id: i64,
-    /// The chunk the continuation starts at; `peeked` is its first row.
+    /// The chunk the continuation starts at, beginning at file offset `next_start`;
+    /// `peeked` is its first row.
     next_chunk: i32,
+    next_start: u64,
     file: CsvFile<ObjectReader>,
     seen: HashSet<u128>,
     peeked: CsvRow,
@@ -358,7 +360,8 @@ impl Dispatcher<'_> {
 
     /// Streams the file from its start (the keys of every earlier row are needed to mark
     /// duplicates), or from where this process paused it before chunk `from`; skips chunks
-    /// below `from` and those already applied, and sends at most `room` chunks.
+    /// below `from` and those already applied, and sends at most `room` chunks. A chunk job
+    /// names its rows' byte range of the snapshot `source`, not the rows.
     async fn fan_out(
         &self,
         upload: &upload::Model,
@@ -370,19 +373,22 @@ impl Dispatcher<'_> {
     ) -> Result<FanOut, DispatchError> {
         let applied = self.applied_from(upload.id, from).await?;
         // This process paused the fan-out itself: read on where it stopped.
-        let (mut file, mut seen, mut chunk, mut peeked) =
+        let (mut file, mut seen, mut chunk, mut peeked, mut start) =
             match self.paused.and_then(|p| p.take(upload.id, from)) {
-                Some(p) => (p.file, p.seen, from, Some(p.peeked)),
+                Some(p) => (p.file, p.seen, from, Some(p.peeked), p.next_start),
                 None => {
                     let file = CsvFile::open(self.storage.get(source).await?, device_type)
                         .await
                         .map_err(DispatchError::Read)?;
-                    (file, HashSet::new(), 0, None)
+                    let start = file.offset();
+                    (file, HashSet::new(), 0, None, start)
                 }
             };
+        let (key, key2) = file.key_columns();
+        let column = |c: usize| u32::try_from(c).unwrap_or(u32::MAX);
         let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
-        let mut rows = Vec::with_capacity(chunk_size);
-        let mut in_chunk = 0usize;
+        // The chunk being read; `start` is where it begins.
+        let mut open: Option<FileRange> = None;
         let mut sent = 0u32;
         loop {
             let row = match peeked.take() {
@@ -397,27 +403,28 @@ impl Dispatcher<'_> {
                 // Invalid keys fail on their own; they cannot repeat a device.
                 Err(_) => false,
             };
-            in_chunk += 1;
-            let wanted = chunk >= from && !applied.contains(&chunk);
-            if wanted {
-                rows.push(ChunkRow {
-                    row_number: row.row_number,
-                    uid: row.uid,
-                    uid2: row.uid2,
-                    duplicate,
-                });
+            let current = open.get_or_insert_with(|| FileRange {
+                key: source.to_owned(),
+                start,
+                end: start,
+                first_row: row.row_number,
+                rows: 0,
+                key_column: column(key),
+                key2_column: key2.map(column),
+                duplicates: Vec::new(),
+            });
+            current.rows += 1;
+            if duplicate {
+                current.duplicates.push(row.row_number);
             }
-            if in_chunk < chunk_size {
+            if (current.rows as usize) < chunk_size {
                 continue;
             }
-            in_chunk = 0;
-            if wanted {
-                let full = std::mem::replace(&mut rows, Vec::with_capacity(chunk_size));
-                pending.push(JobPayload::ProcessChunk(ChunkJob {
-                    upload_id: upload.id,
-                    chunk,
-                    rows: full,
-                }));
+            let mut full = open.take().expect("the chunk just read");
+            full.end = file.offset();
+            start = full.end;
+            if chunk >= from && !applied.contains(&chunk) {
+                pending.push(chunk_job(upload.id, chunk, full));
                 sent += 1;
             }
             chunk += 1;
@@ -439,6 +446,7 @@ impl Dispatcher<'_> {
                     paused.keep(PausedFanOut {
                         upload_id: upload.id,
                         next_chunk: chunk,
+                        next_start: start,
                         file,
                         seen,
                         peeked: next,
@@ -451,12 +459,12 @@ impl Dispatcher<'_> {
                 });
             }
         }
-        if !rows.is_empty() {
-            pending.push(JobPayload::ProcessChunk(ChunkJob {
-                upload_id: upload.id,
-                chunk,
-                rows,
-            }));
+        if let Some(mut last) = open.take()
+            && chunk >= from
+            && !applied.contains(&chunk)
+        {
+            last.end = file.offset();
+            pending.push(chunk_job(upload.id, chunk, last));
             sent += 1;
         }
         if !pending.is_empty() {
@@ -464,6 +472,14 @@ impl Dispatcher<'_> {
         }
         Ok(FanOut::Done { chunks: sent })
     }
+}
+
+fn chunk_job(upload_id: i64, chunk: i32, file: FileRange) -> JobPayload {
+    JobPayload::ProcessChunk(ChunkJob {
+        upload_id,
+        chunk,
+        rows: ChunkRows::InFile { file },
+    })
 }
 
 /// Makes the dispatch continuations whose windows have room due at once (applied chunks of
@@ -529,6 +545,7 @@ mod tests {
         PausedFanOut {
             upload_id,
             next_chunk,
+            next_start: 5,
             file,
             seen: Default::default(),
             peeked: CsvRow {

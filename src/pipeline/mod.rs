@@ -1,6 +1,7 @@
 //! The processing pipeline: the dispatcher reads an uploaded file into chunk jobs, workers
 //! decide each row's outcome with pure rules and apply it in one transaction per chunk.
 
+pub mod chunk_rows;
 mod chunk_txn;
 pub mod csv_file;
 pub mod dispatcher;

@@ -422,26 +422,28 @@ impl Pipeline {
                 crate::metrics::dispatch_duration(started.elapsed());
                 dispatched(outcome)
             }
-            JobPayload::ProcessChunk(job) => match apply_chunk(&self.db, job, &self.outbox).await {
-                Ok(ChunkOutcome::Skipped(status)) => {
-                    crate::metrics::chunk("skipped", None);
-                    tracing::info!(chunk = job.chunk, ?status, "chunk skipped");
-                    Ok(Next::Done)
+            JobPayload::ProcessChunk(job) => {
+                match apply_chunk(&self.db, self.storage.as_ref(), job, &self.outbox).await {
+                    Ok(ChunkOutcome::Skipped(status)) => {
+                        crate::metrics::chunk("skipped", None);
+                        tracing::info!(chunk = job.chunk, ?status, "chunk skipped");
+                        Ok(Next::Done)
+                    }
+                    Ok(ChunkOutcome::AlreadyApplied) => {
+                        crate::metrics::chunk("already_applied", None);
+                        Ok(Next::Done)
+                    }
+                    // Counted (with its transaction's time) where it committed.
+                    Ok(ChunkOutcome::Applied { .. }) => Ok(Next::Done),
+                    Err(e) => {
+                        crate::metrics::chunk("error", None);
+                        Err(JobFailure {
+                            retryable: e.is_retryable(),
+                            message: e.to_string(),
+                        })
+                    }
                 }
-                Ok(ChunkOutcome::AlreadyApplied) => {
-                    crate::metrics::chunk("already_applied", None);
-                    Ok(Next::Done)
-                }
-                // Counted (with its transaction's time) where it committed.
-                Ok(ChunkOutcome::Applied { .. }) => Ok(Next::Done),
-                Err(e) => {
-                    crate::metrics::chunk("error", None);
-                    Err(JobFailure {
-                        retryable: e.is_retryable(),
-                        message: e.to_string(),
-                    })
-                }
-            },
+            }
             JobPayload::NotifyWebhook { .. } => Err(JobFailure {
                 retryable: false,
                 message: "webhook calls belong on the webhook queue".into(),
@@ -697,17 +699,12 @@ fn describe(payload: &JobPayload) -> String {
         JobPayload::DispatchUpload { .. } | JobPayload::ContinueDispatch { .. } => {
             "reading the file".to_owned()
         }
-        JobPayload::ProcessChunk(c) => format!("chunk {} (rows {}–{})", c.chunk, first_row(c), last_row(c)),
+        JobPayload::ProcessChunk(c) => {
+            let (first, last) = c.row_span();
+            format!("chunk {} (rows {first}–{last})", c.chunk)
+        }
         JobPayload::NotifyWebhook { .. } => "the webhook call".to_owned(),
     }
-}
-
-fn first_row(c: &crate::queue::ChunkJob) -> i32 {
-    c.rows.first().map_or(0, |r| r.row_number)
-}
-
-fn last_row(c: &crate::queue::ChunkJob) -> i32 {
-    c.rows.last().map_or(0, |r| r.row_number)
 }
 
 #[cfg(test)]

@@ -17,10 +17,13 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, Set, Value,
 };
 
+use super::chunk_rows;
 use super::chunk_txn::{ChunkTxn, is_unique_violation, push_copy_text};
+use super::csv_file::FileError;
 use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
 use crate::domain::DeviceType;
-use crate::queue::ChunkJob;
+use crate::queue::{ChunkJob, ChunkRow};
+use crate::storage::{ObjectStore, StorageError};
 use crate::webhook::Outbox;
 
 /// Rows per statement: keeps every statement under SQLite's and PostgreSQL's bind limits
@@ -49,22 +52,38 @@ pub enum ChunkError {
     UploadMissing(i64),
     #[error("upload {0} is inconsistent: {1}")]
     Inconsistent(i64, &'static str),
+    #[error("reading the chunk's rows: {0}")]
+    Storage(#[from] StorageError),
+    #[error("reading the chunk's rows: {0}")]
+    File(#[from] FileError),
 }
 
 impl ChunkError {
-    /// Database trouble (busy, connection lost, deadlock) may pass; the rest will not.
+    /// Database or storage trouble (busy, connection lost, deadlock) may pass; the rest
+    /// (a snapshot gone, rows that do not match their job) will not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Db(_))
+        match self {
+            Self::Db(_) => true,
+            Self::Storage(e) => !matches!(e, StorageError::NotFound(_) | StorageError::InvalidKey(_)),
+            Self::File(e) => e.is_transient(),
+            Self::UploadMissing(_) | Self::Inconsistent(..) => false,
+        }
     }
 }
 
-#[tracing::instrument(skip_all, fields(upload_pk = job.upload_id, chunk = job.chunk, rows = job.rows.len()))]
+/// Reads the chunk's rows ([`chunk_rows::load`]), then applies them in one transaction.
+#[tracing::instrument(skip_all, fields(upload_pk = job.upload_id, chunk = job.chunk, rows = tracing::field::Empty))]
 pub async fn apply_chunk(
     db: &DatabaseConnection,
+    storage: &dyn ObjectStore,
     job: &ChunkJob,
     outbox: &Outbox,
 ) -> Result<ChunkOutcome, ChunkError> {
     let started = Instant::now();
+    let rows = chunk_rows::load(storage, job).await?;
+    let read = started.elapsed();
+    let rows = rows.as_ref();
+    tracing::Span::current().record("rows", rows.len());
     // SQLite: one writer at a time, taking turns in this process (see `sqlite_write_turn`).
     let _writer = crate::db::sqlite_write_turn(db).await;
     let txn = ChunkTxn::begin(db).await?;
@@ -74,7 +93,7 @@ pub async fn apply_chunk(
     let claimed = UploadChunk::insert(upload_chunk::ActiveModel {
         upload_id: Set(job.upload_id),
         chunk: Set(job.chunk),
-        rows: Set(job.rows.len() as i32),
+        rows: Set(rows.len() as i32),
         applied_at: Set(now),
     })
     .on_conflict(
@@ -99,8 +118,7 @@ pub async fn apply_chunk(
     }
     let ctx = action_context(&upload)?;
 
-    let inputs: Vec<RowInput> = job
-        .rows
+    let inputs: Vec<RowInput> = rows
         .iter()
         .map(|r| RowInput::new(ctx.device_type, &r.uid, r.uid2.as_deref(), r.duplicate))
         .collect();
@@ -141,7 +159,7 @@ pub async fn apply_chunk(
     let effects = mark.elapsed();
 
     let mark = Instant::now();
-    let (succeeded, failed) = insert_results(&txn, job, &decisions).await?;
+    let (succeeded, failed) = insert_results(&txn, job.upload_id, rows, &decisions).await?;
     let results = mark.elapsed();
     let finished = add_to_counters(&txn, upload.id, succeeded, failed, now).await?;
     let Some(status) = finished else {
@@ -162,6 +180,7 @@ pub async fn apply_chunk(
     crate::metrics::chunk("applied", Some(started.elapsed()));
     // Where a chunk's time goes, for profiling throughput (the bench sums these).
     tracing::debug!(
+        read_us = read.as_micros() as u64,
         lookup_us = lookup.as_micros() as u64,
         effects_us = effects.as_micros() as u64,
         results_us = results.as_micros() as u64,
@@ -459,18 +478,23 @@ async fn apply_updates(
 /// (claimed first) makes every other delivery of the chunk a no-op. So the rows go in without
 /// conflict handling (on PostgreSQL by `COPY`, which has none); the primary key still refuses
 /// a second result.
-async fn insert_results(txn: &ChunkTxn, job: &ChunkJob, decisions: &[Decision]) -> Result<(i32, i32), DbErr> {
+async fn insert_results(
+    txn: &ChunkTxn,
+    upload_id: i64,
+    rows: &[ChunkRow],
+    decisions: &[Decision],
+) -> Result<(i32, i32), DbErr> {
     let succeeded = decisions
         .iter()
         .filter(|d| matches!(d, Decision::Success(_)))
         .count() as i32;
     let counts = (succeeded, decisions.len() as i32 - succeeded);
     if txn.get_database_backend() == DbBackend::Postgres {
-        txn.copy_in(COPY_RESULTS, result_rows(job, decisions)).await?;
+        txn.copy_in(COPY_RESULTS, result_rows(upload_id, rows, decisions))
+            .await?;
         return Ok(counts);
     }
-    for (rows, decisions) in job
-        .rows
+    for (rows, decisions) in rows
         .chunks(ROWS_PER_STATEMENT)
         .zip(decisions.chunks(ROWS_PER_STATEMENT))
     {
@@ -484,7 +508,7 @@ async fn insert_results(txn: &ChunkTxn, job: &ChunkJob, decisions: &[Decision]) 
                 ),
             };
             batch_result::ActiveModel {
-                upload_id: Set(job.upload_id),
+                upload_id: Set(upload_id),
                 row_number: Set(row.row_number),
                 device_uid: Set(row.uid.trim().to_owned()),
                 outcome: Set(outcome),
@@ -543,14 +567,14 @@ fn device_rows(ctx: &ActionContext, inputs: &[RowInput], rows: &[usize], now: Da
 
 /// The `COPY` text of a chunk's results: empty error codes and messages as NULL, as the
 /// insert it replaces stored them.
-fn result_rows(job: &ChunkJob, decisions: &[Decision]) -> Vec<u8> {
-    let mut buf = String::with_capacity(job.rows.len() * 48);
-    for (row, decision) in job.rows.iter().zip(decisions) {
+fn result_rows(upload_id: i64, rows: &[ChunkRow], decisions: &[Decision]) -> Vec<u8> {
+    let mut buf = String::with_capacity(rows.len() * 48);
+    for (row, decision) in rows.iter().zip(decisions) {
         let (outcome, code, message) = match decision {
             Decision::Success(_) => ("SUCCESS", None, None),
             Decision::Fail(e, m) => ("FAIL", Some(e.code()), Some(m.as_str())),
         };
-        let _ = write!(buf, "{}\t{}\t", job.upload_id, row.row_number);
+        let _ = write!(buf, "{upload_id}\t{}\t", row.row_number);
         push_copy_text(&mut buf, Some(row.uid.trim()), false);
         buf.push('\t');
         buf.push_str(outcome);

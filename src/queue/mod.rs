@@ -57,7 +57,55 @@ pub struct ChunkJob {
     pub upload_id: i64,
     /// 0-based position of the chunk in the file.
     pub chunk: i32,
-    pub rows: Vec<ChunkRow>,
+    #[serde(flatten)]
+    pub rows: ChunkRows,
+}
+
+/// Where a chunk's rows are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChunkRows {
+    /// A byte range of the upload's immutable snapshot, read by the worker: a job stays a
+    /// few hundred bytes whatever its rows hold, so queues carry no copy of the file.
+    InFile { file: FileRange },
+    /// The rows themselves, as chunk jobs were written before file ranges; still read, so
+    /// jobs queued by an older version run after an upgrade.
+    Listed { rows: Vec<ChunkRow> },
+}
+
+/// A chunk's rows in the snapshot: `[start, end)` holds exactly `rows` data rows, numbered
+/// from `first_row`, beginning at the start of a row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRange {
+    /// The snapshot's object key.
+    pub key: String,
+    pub start: u64,
+    pub end: u64,
+    pub first_row: i32,
+    pub rows: u32,
+    /// The header's device key column and, for smartphones, second IMEI column.
+    pub key_column: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key2_column: Option<u32>,
+    /// Rows of the range repeating a (valid) device key of an earlier row of the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<i32>,
+}
+
+impl ChunkJob {
+    /// The numbers of the chunk's first and last rows.
+    pub fn row_span(&self) -> (i32, i32) {
+        match &self.rows {
+            ChunkRows::InFile { file } => {
+                let last = i64::from(file.first_row) + i64::from(file.rows) - 1;
+                (file.first_row, i32::try_from(last).unwrap_or(i32::MAX))
+            }
+            ChunkRows::Listed { rows } => (
+                rows.first().map_or(0, |r| r.row_number),
+                rows.last().map_or(0, |r| r.row_number),
+            ),
+        }
+    }
 }
 
 /// A data row as the worker needs it; everything else of the row stays in the file.
@@ -108,7 +156,7 @@ impl JobPayload {
     /// first come, first served.
     pub fn seq(&self) -> i32 {
         match self {
-            Self::ProcessChunk(c) => c.rows.first().map_or(0, |r| r.row_number),
+            Self::ProcessChunk(c) => c.row_span().0,
             Self::ContinueDispatch {
                 resume_at_applied, ..
             } => (*resume_at_applied).max(1),
@@ -295,20 +343,22 @@ mod tests {
         let job = JobPayload::ProcessChunk(ChunkJob {
             upload_id: 7,
             chunk: 3,
-            rows: vec![
-                ChunkRow {
-                    row_number: 1,
-                    uid: "490154203237518".into(),
-                    uid2: None,
-                    duplicate: false,
-                },
-                ChunkRow {
-                    row_number: 2,
-                    uid: "490154203237518".into(),
-                    uid2: Some("x".into()),
-                    duplicate: true,
-                },
-            ],
+            rows: ChunkRows::Listed {
+                rows: vec![
+                    ChunkRow {
+                        row_number: 1,
+                        uid: "490154203237518".into(),
+                        uid2: None,
+                        duplicate: false,
+                    },
+                    ChunkRow {
+                        row_number: 2,
+                        uid: "490154203237518".into(),
+                        uid2: Some("x".into()),
+                        duplicate: true,
+                    },
+                ],
+            },
         });
         let text = serde_json::to_string(&job).unwrap();
         assert_eq!(
@@ -317,5 +367,36 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<JobPayload>(&text).unwrap(), job);
         assert_eq!(job.dedupe_key(), "chunk:7:3");
+    }
+
+    #[test]
+    fn a_chunk_in_the_file_is_a_few_hundred_bytes_and_round_trips() {
+        let job = JobPayload::ProcessChunk(ChunkJob {
+            upload_id: 7,
+            chunk: 3,
+            rows: ChunkRows::InFile {
+                file: FileRange {
+                    key: "snapshots/uploads/2026/12/01/x.csv".into(),
+                    start: 120,
+                    end: 40_120,
+                    first_row: 6001,
+                    rows: 2000,
+                    key_column: 0,
+                    key2_column: None,
+                    duplicates: vec![6005],
+                },
+            },
+        });
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"process_chunk","upload_id":7,"chunk":3,"file":{"key":"snapshots/uploads/2026/12/01/x.csv","start":120,"end":40120,"first_row":6001,"rows":2000,"key_column":0,"duplicates":[6005]}}"#
+        );
+        assert_eq!(serde_json::from_str::<JobPayload>(&text).unwrap(), job);
+        assert_eq!(job.seq(), 6001);
+        let JobPayload::ProcessChunk(c) = &job else {
+            unreachable!()
+        };
+        assert_eq!(c.row_span(), (6001, 8000));
     }
 }

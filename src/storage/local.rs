@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::download_url::{self, LinkError};
 use super::policy::{self, PolicyError, PolicyRequest, Signer};
@@ -52,6 +52,14 @@ impl LocalStore {
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         validate_key(key)?;
         Ok(self.root.join(key))
+    }
+
+    async fn open(&self, key: &str) -> Result<tokio::fs::File, StorageError> {
+        match tokio::fs::File::open(self.path_of(key)?).await {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound(key.to_owned())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The upload endpoint and the signed download links; `max_upload_bytes` caps the whole
@@ -266,11 +274,18 @@ impl ObjectStore for LocalStore {
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        match tokio::fs::File::open(self.path_of(key)?).await {
-            Ok(file) => Ok(Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, file))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StorageError::NotFound(key.to_owned())),
-            Err(e) => Err(e.into()),
-        }
+        let file = self.open(key).await?;
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, file)))
+    }
+
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ObjectReader, StorageError> {
+        let mut file = self.open(key).await?;
+        file.seek(std::io::SeekFrom::Start(range.start)).await?;
+        let len = range.end.saturating_sub(range.start);
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(
+            64 * 1024,
+            file.take(len),
+        )))
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {

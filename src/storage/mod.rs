@@ -65,6 +65,10 @@ pub trait ObjectStore: Send + Sync {
     /// The object's bytes as a stream; memory does not grow with the object.
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError>;
 
+    /// The bytes `range` of the object as a stream (a chunk job's rows in the snapshot).
+    /// A range past the object's end is cut to it.
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ObjectReader, StorageError>;
+
     /// Stores the file at `path` under `key` (server-written objects: reports, retry files).
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError>;
 

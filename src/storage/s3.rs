@@ -172,6 +172,28 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ObjectReader, StorageError> {
+        if range.is_empty() {
+            return Ok(Box::pin(tokio::io::empty()));
+        }
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            // HTTP ranges are inclusive.
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(err) => Err(s3_error(err)),
+        }
+    }
+
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
         let body = ByteStream::from_path(path).await.map_err(s3_error)?;
         self.client

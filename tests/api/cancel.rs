@@ -40,7 +40,7 @@ on_both_backends! {
         assert!(cancelled["finishedAt"].is_string());
 
         let JobPayload::ProcessChunk(job) = &taken.payload else { panic!("not a chunk: {:?}", taken.payload) };
-        let late = apply_chunk(&app.state.db, job, &Outbox::default()).await.unwrap();
+        let late = apply_chunk(&app.state.db, app.state.storage.as_ref(), job, &Outbox::default()).await.unwrap();
         assert_eq!(late, ChunkOutcome::Skipped(entity::upload::UploadStatus::Cancelled));
         chunks.ack(&taken).await.unwrap();
         app.drain().await;

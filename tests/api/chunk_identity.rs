@@ -98,10 +98,15 @@ async fn redelivered_dispatch_with_another_chunk_size(backend: Backend) {
         let JobPayload::ProcessChunk(chunk) = &delivery.payload else {
             panic!("{:?}", delivery.payload)
         };
-        assert_eq!(chunk.rows.len(), 2);
-        fleetload::pipeline::worker::apply_chunk(&app.state.db, chunk, &Outbox::default())
-            .await
-            .unwrap();
+        assert_eq!(chunk.row_span().1 - chunk.row_span().0 + 1, 2);
+        fleetload::pipeline::worker::apply_chunk(
+            &app.state.db,
+            app.state.storage.as_ref(),
+            chunk,
+            &Outbox::default(),
+        )
+        .await
+        .unwrap();
         dying.ack(&delivery).await.unwrap();
     }
 

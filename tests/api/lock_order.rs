@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use entity::job;
 use entity::prelude::Job;
+use fleetload::pipeline::chunk_rows;
 use fleetload::pipeline::worker::{ChunkOutcome, apply_chunk};
 use fleetload::queue::{CHUNK_QUEUE, ChunkJob, JobPayload};
 use fleetload::webhook::Outbox;
@@ -76,20 +77,23 @@ async fn opposite_orders(chunk: usize, seed: u64) {
     // each such pair starts together, on connections of its own.
     let n = a.len();
     let db = app.state.db.clone();
+    let storage = app.state.storage.clone();
     let mut pairs = Vec::new();
     for i in 0..n {
         let (x, y) = (a[i].clone(), b[n - 1 - i].clone());
-        let mut xs: Vec<&str> = x.rows.iter().map(|r| r.uid.as_str()).collect();
-        let mut ys: Vec<&str> = y.rows.iter().map(|r| r.uid.as_str()).collect();
-        xs.sort_unstable();
-        ys.sort_unstable();
-        assert_eq!(xs, ys, "pair {i} covers the same devices");
+        let uids = async |job: &ChunkJob| {
+            let rows = chunk_rows::load(storage.as_ref(), job).await.unwrap();
+            let mut uids: Vec<String> = rows.iter().map(|r| r.uid.clone()).collect();
+            uids.sort_unstable();
+            uids
+        };
+        assert_eq!(uids(&x).await, uids(&y).await, "pair {i} covers the same devices");
         let barrier = Arc::new(Barrier::new(2));
         for job in [x, y] {
-            let (db, barrier) = (db.clone(), barrier.clone());
+            let (db, storage, barrier) = (db.clone(), storage.clone(), barrier.clone());
             pairs.push(tokio::spawn(async move {
                 barrier.wait().await;
-                apply_chunk(&db, &job, &Outbox::default()).await
+                apply_chunk(&db, storage.as_ref(), &job, &Outbox::default()).await
             }));
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::Utc;
 use entity::job::{self, JobState};
 use entity::prelude::Job;
-use fleetload::queue::{ChunkJob, ChunkRow, DbQueue, Delivery, JobPayload, Queue};
+use fleetload::queue::{ChunkJob, ChunkRow, ChunkRows, DbQueue, Delivery, JobPayload, Queue};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
 
 use crate::helpers::*;
@@ -21,12 +21,14 @@ fn chunk(upload_id: i64, chunk: i32) -> JobPayload {
     JobPayload::ProcessChunk(ChunkJob {
         upload_id,
         chunk,
-        rows: vec![ChunkRow {
-            row_number: chunk * 10 + 1,
-            uid: format!("49015420323751{}", chunk % 10),
-            uid2: None,
-            duplicate: false,
-        }],
+        rows: ChunkRows::Listed {
+            rows: vec![ChunkRow {
+                row_number: chunk * 10 + 1,
+                uid: format!("49015420323751{}", chunk % 10),
+                uid2: None,
+                duplicate: false,
+            }],
+        },
     })
 }
 
@@ -100,9 +102,11 @@ on_both_backends! {
                 JobPayload::ProcessChunk(ChunkJob {
                     upload_id: 3,
                     chunk: c,
-                    rows: (0..2000)
-                        .map(|n| ChunkRow { row_number: n, uid: "490154203237518".into(), uid2: None, duplicate: false })
-                        .collect(),
+                    rows: ChunkRows::Listed {
+                        rows: (0..2000)
+                            .map(|n| ChunkRow { row_number: n, uid: "490154203237518".into(), uid2: None, duplicate: false })
+                            .collect(),
+                    },
                 })
             })
             .collect();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use fleetload::queue::{ChunkJob, ChunkRow, Delivery, JobPayload, Queue, QueueError, SqsQueue};
+use fleetload::queue::{ChunkJob, ChunkRow, ChunkRows, Delivery, JobPayload, Queue, QueueError, SqsQueue};
 
 use crate::moto::{self, MotoServer};
 
@@ -50,14 +50,16 @@ fn chunk(upload_id: i64, chunk: i32, rows: i32) -> JobPayload {
     JobPayload::ProcessChunk(ChunkJob {
         upload_id,
         chunk,
-        rows: (0..rows)
-            .map(|n| ChunkRow {
-                row_number: n + 1,
-                uid: "490154203237518".into(),
-                uid2: None,
-                duplicate: false,
-            })
-            .collect(),
+        rows: ChunkRows::Listed {
+            rows: (0..rows)
+                .map(|n| ChunkRow {
+                    row_number: n + 1,
+                    uid: "490154203237518".into(),
+                    uid2: None,
+                    duplicate: false,
+                })
+                .collect(),
+        },
     })
 }
 
