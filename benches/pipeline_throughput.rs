@@ -76,7 +76,8 @@ fn phase_summary() -> String {
     let chunks = fields.get("chunks").copied().unwrap_or(0).max(1) as f64;
     let avg = |name: &str| fields.get(name).copied().unwrap_or(0) as f64 / chunks / 1000.0;
     let line = format!(
-        "per chunk (avg of {chunks}): lookup {:.1} ms, effects {:.1} ms, results {:.1} ms, commit {:.1} ms, whole transaction {:.1} ms",
+        "per chunk (avg of {chunks}): read its rows {:.1} ms, lookup {:.1} ms, effects {:.1} ms, results {:.1} ms, commit {:.1} ms, whole chunk {:.1} ms",
+        avg("read_us"),
         avg("lookup_us"),
         avg("effects_us"),
         avg("results_us"),

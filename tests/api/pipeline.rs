@@ -354,3 +354,73 @@ impl<Q: Queue> Queue for Twice<Q> {
         self.inner.max_attempts()
     }
 }
+
+/// Chunks are byte ranges of the snapshot: a file whose rows hold quoted commas and line
+/// breaks, with blank lines, CRLF and a BOM, cut into chunks of three rows, gives every row
+/// its own result with its number, marks repeats across chunk boundaries, and stores the
+/// second IMEI.
+async fn chunks_cut_at_any_row_of_a_wide_file_keep_every_row_and_its_number(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.chunk_size = 3).await;
+    let keys = imeis(40, 8);
+    let second = imeis(41, 8);
+    let mut file = String::from("\u{feff}note,IMEI,imei2\r\n");
+    // (note, key, second IMEI); rows 9 and 10 repeat rows 2 and 3 (other chunks).
+    let mut rows: Vec<(String, String, String)> = (0..8)
+        .map(|i| {
+            (
+                format!("\"row {i}, with a comma\r\nand a line break\""),
+                keys[i].clone(),
+                second[i].clone(),
+            )
+        })
+        .collect();
+    rows.push(("plain".into(), keys[1].clone(), String::new()));
+    rows.push(("\"\"\"quoted\"\"\"".into(), keys[2].clone(), String::new()));
+    rows.push((String::new(), "not-an-imei".into(), String::new()));
+    for (i, (note, key, key2)) in rows.iter().enumerate() {
+        file.push_str(&format!("{note},{key},{key2}\r\n"));
+        if i % 4 == 2 {
+            file.push_str("\r\n");
+        }
+    }
+    let id = app
+        .upload_csv(&app.alice(), json!({"rowCount": rows.len()}), file)
+        .await;
+    app.drain().await;
+
+    let results = app.results(&id).await;
+    assert_one_result_per_row(&results, rows.len());
+    let uids: Vec<&str> = results.iter().map(|r| r.1.as_str()).collect();
+    let written: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(uids, written, "each result echoes its own row's key");
+    let got: Vec<Option<&str>> = results.iter().map(|r| r.3.as_deref()).collect();
+    let mut expected = vec![None; 8];
+    expected.extend([
+        Some("DUPLICATE_IN_FILE"),
+        Some("DUPLICATE_IN_FILE"),
+        Some("INVALID_DEVICE_UID"),
+    ]);
+    assert_eq!(got, expected);
+    for i in 0..8 {
+        assert_eq!(
+            device_of(&app, &keys[i]).await.uid2.as_deref(),
+            Some(second[i].as_str())
+        );
+    }
+    let upload = app.upload_state(&app.alice(), "demo", &id).await;
+    assert_eq!(upload["status"], "COMPLETED_WITH_ERRORS");
+    assert_eq!(
+        (upload["succeeded"].clone(), upload["failed"].clone()),
+        (json!(8), json!(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_cut_at_any_row_of_a_wide_file_keep_every_row_and_its_number_sqlite() {
+    chunks_cut_at_any_row_of_a_wide_file_keep_every_row_and_its_number(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_cut_at_any_row_of_a_wide_file_keep_every_row_and_its_number_postgres() {
+    chunks_cut_at_any_row_of_a_wide_file_keep_every_row_and_its_number(Backend::Postgres).await
+}
