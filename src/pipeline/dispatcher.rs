@@ -509,7 +509,7 @@ pub async fn fail_upload(
     upload_id: i64,
     reason: &str,
 ) -> Result<bool, DbErr> {
-    crate::uploads::terminate(db, outbox, upload_id, UploadStatus::Failed, Some(reason)).await
+    super::terminate(db, outbox, upload_id, UploadStatus::Failed, Some(reason)).await
 }
 
 /// A normalised key packed into 16 bytes, so the set of keys seen stays compact (about

@@ -9,6 +9,8 @@ pub mod fanout_window;
 pub mod rules;
 pub mod runner;
 pub mod sweeper;
+mod terminate;
 pub mod worker;
 
 pub use runner::{Pipeline, PipelineSettings, Reclaim, Settlement, Step};
+pub use terminate::{terminate, terminate_in};

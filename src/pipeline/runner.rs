@@ -367,14 +367,9 @@ impl Pipeline {
         };
         let txn = self.db.begin().await?;
         if table.bury_in(&txn, delivery, error).await? {
-            let ended = crate::uploads::terminate_in(
-                &txn,
-                &self.outbox,
-                upload_id,
-                UploadStatus::Failed,
-                Some(reason),
-            )
-            .await?;
+            let ended =
+                super::terminate_in(&txn, &self.outbox, upload_id, UploadStatus::Failed, Some(reason))
+                    .await?;
             txn.commit().await?;
             crate::metrics::job_dead_lettered(kind_of(&delivery.payload));
             if ended {
@@ -470,7 +465,7 @@ impl Pipeline {
                 let mut ended = 0;
                 let mut kinds = Vec::new();
                 for payload in table.rescue_in(&txn).await? {
-                    if crate::uploads::terminate_in(
+                    if super::terminate_in(
                         &txn,
                         &self.outbox,
                         payload.upload_id(),

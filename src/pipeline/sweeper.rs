@@ -160,14 +160,8 @@ impl Sweeper<'_> {
                     }
                     Verdict::Fail(reason) => {
                         tracing::warn!(?status, reason, "stranded upload with a given-up job: failed");
-                        if crate::uploads::terminate(
-                            self.db,
-                            self.outbox,
-                            id,
-                            UploadStatus::Failed,
-                            Some(reason),
-                        )
-                        .await?
+                        if super::terminate(self.db, self.outbox, id, UploadStatus::Failed, Some(reason))
+                            .await?
                         {
                             report.failed.push(id);
                         }

@@ -4,10 +4,11 @@
 
 use entity::upload::{self, UploadStatus};
 
-use super::{find_visible, terminate};
+use super::find_visible;
 use crate::access;
 use crate::auth::{Identity, Permission};
 use crate::error::ApiError;
+use crate::pipeline::terminate;
 use crate::state::AppState;
 
 /// Cancels the upload and returns it. Cancelling a cancelled upload again answers with it

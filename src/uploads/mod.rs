@@ -9,7 +9,6 @@ mod read;
 pub mod report;
 pub mod results;
 mod retry;
-mod terminate;
 
 pub use cancel::cancel;
 pub use finalize::{FinalizeInput, finalize};
@@ -17,7 +16,6 @@ pub use prepare::{PrepareInput, Prepared, prepare};
 pub use read::{UploadPage, find_visible, list};
 pub use report::{Built, ReportBuilder, error_report};
 pub use retry::retry_failed_rows;
-pub use terminate::{terminate, terminate_in};
 
 use entity::prelude::*;
 use entity::{action, workflow};
