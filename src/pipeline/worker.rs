@@ -486,7 +486,9 @@ async fn insert_results(
     const SQL: &str = "INSERT INTO batch_results (upload_id, row_number, device_uid, outcome, error_code, message) \
                        SELECT $1, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, j.value ->> 4 \
                        FROM json_each($2) AS j";
-    let results: Vec<(i32, &str, &str, Option<&str>, Option<&str>)> = rows
+    // (row number, key, outcome, error code, message): the columns after `upload_id`.
+    type ResultRow<'a> = (i32, &'a str, &'static str, Option<&'static str>, Option<&'a str>);
+    let results: Vec<ResultRow> = rows
         .iter()
         .zip(decisions)
         .map(|(row, decision)| match decision {
