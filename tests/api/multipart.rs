@@ -100,13 +100,8 @@ fn numbers(parts: &Value) -> Vec<u64> {
 
 /// The upload's object key and the store's multipart upload id.
 async fn store_ids(app: &TestApp, upload_id: &str) -> (String, String) {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    let upload = entity::prelude::Upload::find()
-        .filter(entity::upload::Column::PublicId.eq(upload_id))
-        .one(&app.state.db)
-        .await
-        .unwrap()
-        .unwrap();
+    use sea_orm::EntityTrait;
+    let upload = app.upload_row(upload_id).await;
     let multipart = entity::prelude::MultipartUpload::find_by_id(upload.id)
         .one(&app.state.db)
         .await
@@ -652,16 +647,7 @@ async fn the_sweeper_ends_abandoned_uploads(app: &TestApp) {
     // A live one next to it is left alone.
     let live = prepare(app, 10, &csv_file(8, 10, 0), None).await;
     let (key, store_id) = store_ids(app, upload_id).await;
-    let pk = {
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-        entity::prelude::Upload::find()
-            .filter(entity::upload::Column::PublicId.eq(upload_id))
-            .one(&app.state.db)
-            .await
-            .unwrap()
-            .unwrap()
-            .id
-    };
+    let pk = app.upload_row(upload_id).await.id;
     // Its expiry passed (rather than waiting out a real one).
     entity::multipart_upload::ActiveModel {
         upload_id: Set(pk),
