@@ -214,7 +214,7 @@ impl Sweeper<'_> {
                 tracing::warn!(upload_pk = id, error = %e, "could not abort an expired multipart upload; next sweep tries again");
                 continue;
             }
-            if crate::uploads::terminate(
+            if super::terminate(
                 self.db,
                 self.outbox,
                 id,
