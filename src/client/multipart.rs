@@ -191,17 +191,13 @@ impl Transfer {
             .await
     }
 
-    /// Assembles the object from its parts; answers the upload's status (still PREPARED).
+    /// Assembles the object from its parts (a repeat is harmless); answers the upload's status,
+    /// still PREPARED.
     pub async fn complete(&self, client: &Client) -> Result<String, ClientError> {
-        match client
+        let data = client
             .gql(COMPLETE, json!({ "t": self.tenant, "id": self.upload_id }))
-            .await
-        {
-            Ok(data) => Ok(plain(&data["completeMultipartUpload"])),
-            // The answer to an earlier complete was lost; the object is there.
-            Err(err) if err.code == super::upload::ALREADY_ASSEMBLED => Ok("PREPARED".to_owned()),
-            Err(err) => Err(err),
-        }
+            .await?;
+        Ok(plain(&data["completeMultipartUpload"]))
     }
 
     async fn send_part(
