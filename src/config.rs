@@ -114,6 +114,27 @@ pub struct Settings {
     )]
     pub upload_url_ttl_secs: u64,
 
+    /// Smallest part of a multipart upload but the last, in bytes. S3 refuses to assemble
+    /// parts under 5 MiB, so lower it only on the embedded store (tests, demos).
+    #[arg(
+        long,
+        env = "FLEETLOAD_MULTIPART_MIN_PART_BYTES",
+        default_value_t = 5 * 1024 * 1024,
+        global = true
+    )]
+    pub multipart_min_part_bytes: u64,
+
+    /// How long a multipart upload may be resumed, in seconds; after that the server aborts
+    /// it in the store and fails the upload. Each part URL lives `upload_url_ttl_secs` and is
+    /// re-issued by `uploadParts`.
+    #[arg(
+        long,
+        env = "FLEETLOAD_MULTIPART_TTL_SECS",
+        default_value_t = 24 * 3600,
+        global = true
+    )]
+    pub multipart_ttl_secs: u64,
+
     /// How long a signed download link (the error report) stays valid, in seconds.
     #[arg(
         long,

@@ -42,6 +42,22 @@ pub enum ApiError {
     UploadNotFinished,
     #[error("a retry of this upload is being prepared; try again in a moment")]
     RetryInProgress,
+    #[error("fileSize must be at least 1 byte")]
+    InvalidFileSize,
+    #[error("fileSize must be at most {max} bytes")]
+    FileTooLarge { max: u64 },
+    #[error("partSize must be between {min} and {max} bytes")]
+    InvalidPartSize { min: u64, max: u64 },
+    #[error("the file would have {parts} parts; at most {max} are allowed: choose a larger partSize")]
+    TooManyParts { parts: u64, max: u32 },
+    #[error("the upload was not prepared as a multipart upload")]
+    UploadNotMultipart,
+    #[error("the parts of this upload have already been assembled; finalize it")]
+    MultipartAlreadyCompleted,
+    #[error("the multipart upload expired before it was completed")]
+    UploadExpired,
+    #[error("parts {} have not been uploaded (or not with their full size)", list(.parts))]
+    UploadPartsMissing { parts: Vec<u32> },
     #[error("{0}")]
     BadUserInput(String),
     #[error("first must be at most {max}")]
@@ -75,6 +91,14 @@ impl ApiError {
             Self::NothingToRetry => "NOTHING_TO_RETRY",
             Self::UploadNotFinished => "UPLOAD_NOT_FINISHED",
             Self::RetryInProgress => "RETRY_IN_PROGRESS",
+            Self::InvalidFileSize => "INVALID_FILE_SIZE",
+            Self::FileTooLarge { .. } => "FILE_TOO_LARGE",
+            Self::InvalidPartSize { .. } => "INVALID_PART_SIZE",
+            Self::TooManyParts { .. } => "TOO_MANY_PARTS",
+            Self::UploadNotMultipart => "UPLOAD_NOT_MULTIPART",
+            Self::MultipartAlreadyCompleted => "MULTIPART_ALREADY_COMPLETED",
+            Self::UploadExpired => "UPLOAD_EXPIRED",
+            Self::UploadPartsMissing { .. } => "UPLOAD_PARTS_MISSING",
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::FirstTooLarge { .. } => "FIRST_TOO_LARGE",
             Self::ServiceBusy => "SERVICE_BUSY",
@@ -85,6 +109,21 @@ impl ApiError {
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         Self::Internal(err.into())
     }
+}
+
+/// `1, 2, 5`: part numbers in a message; a long list is cut (the extensions hold it all).
+fn list(numbers: &[u32]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = numbers
+        .iter()
+        .take(SHOWN)
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if numbers.len() > SHOWN {
+        text.push_str(&format!(" and {} more", numbers.len() - SHOWN));
+    }
+    text
 }
 
 impl From<sea_orm::DbErr> for ApiError {
@@ -125,6 +164,10 @@ impl ErrorExtensions for ApiError {
         async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
             ext.set("code", code);
             ext.set("errorType", code);
+            // Which parts to upload, for clients that resume without parsing the message.
+            if let Self::UploadPartsMissing { parts } = self {
+                ext.set("missingParts", parts.clone());
+            }
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod action;
 pub mod batch_result;
 pub mod device;
 pub mod job;
+pub mod multipart_upload;
 pub mod tenant;
 pub mod upload;
 pub mod upload_chunk;
@@ -16,6 +17,7 @@ pub mod prelude {
     pub use super::batch_result::Entity as BatchResult;
     pub use super::device::Entity as Device;
     pub use super::job::Entity as Job;
+    pub use super::multipart_upload::Entity as MultipartUpload;
     pub use super::tenant::Entity as Tenant;
     pub use super::upload::Entity as Upload;
     pub use super::upload_chunk::Entity as UploadChunk;

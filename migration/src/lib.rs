@@ -11,6 +11,7 @@ pub mod m20261201_000003_job_settlement;
 mod m20261201_000004_reports_chunks_catalog;
 mod m20261201_000005_hot_tables_without_foreign_keys;
 mod m20261201_000006_job_trace_context;
+mod m20261201_000007_multipart_uploads;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_reports_chunks_catalog::Migration),
             Box::new(m20261201_000005_hot_tables_without_foreign_keys::Migration),
             Box::new(m20261201_000006_job_trace_context::Migration),
+            Box::new(m20261201_000007_multipart_uploads::Migration),
         ]
     }
 }

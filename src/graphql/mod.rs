@@ -4,6 +4,7 @@ mod admin;
 mod context;
 mod error_codes;
 pub mod limits;
+mod multipart;
 mod observe;
 mod request_guard;
 mod results_mutation;
@@ -22,11 +23,16 @@ pub use scalars::{AwsDateTime, AwsJson};
 pub use types::{BatchResult, FileDownload, Outcome, UploadProgress};
 
 #[derive(MergedObject, Default)]
-pub struct Query(upload_query::UploadQuery, admin::AdminQuery);
+pub struct Query(
+    upload_query::UploadQuery,
+    multipart::MultipartQuery,
+    admin::AdminQuery,
+);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     upload_mutation::UploadMutation,
+    multipart::MultipartMutation,
     results_mutation::ResultsMutation,
     admin::AdminMutation,
 );

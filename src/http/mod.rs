@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, header};
 use axum::routing::get;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -58,10 +58,12 @@ fn cors(origins: &[String]) -> CorsLayer {
     // own list is answered: Apollo and AppSync clients send headers of their own
     // (`x-api-key`, `x-amz-*`, `apollo-require-preflight`, …) besides it.
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        // PUT: the parts of a multipart upload on the embedded store.
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::OPTIONS])
         .allow_headers(AllowHeaders::mirror_request())
-        // A browser client may read the id to quote it in a report.
-        .expose_headers([request_id::X_REQUEST_ID.clone()])
+        // A browser client may read the id to quote it in a report, and must read a part's
+        // ETag (S3 answers it the same way) to know what it uploaded.
+        .expose_headers([request_id::X_REQUEST_ID.clone(), header::ETAG])
         .max_age(Duration::from_secs(600));
     if origins.iter().any(|o| o == "*") {
         layer.allow_origin(Any)

@@ -502,8 +502,8 @@ impl Pipeline {
         Ok(rescued)
     }
 
-    /// Resumes or fails the uploads nothing works on any more (see [`super::sweeper`]);
-    /// returns how many it acted on.
+    /// Resumes or fails the uploads nothing works on any more and ends abandoned multipart
+    /// uploads (see [`super::sweeper`]); returns how many it acted on.
     pub async fn sweep(&self) -> Result<usize, QueueError> {
         let report = Sweeper {
             db: &self.db,
@@ -511,13 +511,19 @@ impl Pipeline {
             chunks: self.chunks.as_ref(),
             outbox: &self.outbox,
             stale_after: self.settlement.sweep_stale,
+            storage: self.storage.as_ref(),
         }
         .sweep()
         .await?;
-        for &upload_id in report.resumed.iter().chain(&report.failed) {
+        let acted: Vec<i64> = [&report.resumed, &report.failed, &report.expired]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for &upload_id in &acted {
             self.progress.changed(upload_id).await;
         }
-        Ok(report.resumed.len() + report.failed.len())
+        Ok(acted.len())
     }
 
     /// Ends the leases a dead predecessor of this process left, once, before any claim.

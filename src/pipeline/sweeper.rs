@@ -6,6 +6,9 @@
 //! "Nothing will move it on": on the job table, no available or running job names the
 //! upload. Chunks on SQS cannot be seen, so there it is: no job of the upload on the job
 //! table, no change for a while, and the chunk queue empty.
+//!
+//! It also ends abandoned multipart uploads: PREPARED, not assembled, past their expiry.
+//! Their parts are aborted in the store, then the upload is failed with a reason.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use tracing::Instrument;
 
 use crate::queue::{JobPayload, Queue, QueueError};
+use crate::storage::ObjectStore;
 use crate::webhook::Outbox;
 
 /// Uploads looked at per sweep, oldest change first; the rest wait for the next sweep.
@@ -23,6 +27,10 @@ const UPLOADS_PER_SWEEP: i64 = 100;
 /// Public reason of an upload failed by the sweeper.
 pub const GIVEN_UP_REASON: &str = "processing stopped: one of the upload's jobs was given up after repeated \
                                    internal errors; the results written so far are kept";
+
+/// Public reason of a multipart upload failed because it was never completed.
+pub const MULTIPART_EXPIRED_REASON: &str = "the multipart upload was not completed before it expired; \
+                                            its parts were discarded";
 
 /// What the sweeper saw of one unfinished upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +88,8 @@ pub fn verdict(c: &Candidate, chunks: ChunkQueue) -> Verdict {
 pub struct SweepReport {
     pub resumed: Vec<i64>,
     pub failed: Vec<i64>,
+    /// Abandoned multipart uploads aborted in the store and failed.
+    pub expired: Vec<i64>,
 }
 
 /// One sweep over the uploads of a database.
@@ -90,6 +100,8 @@ pub struct Sweeper<'a> {
     pub chunks: &'a dyn Queue,
     pub outbox: &'a Outbox,
     pub stale_after: Duration,
+    /// Where abandoned multipart uploads are aborted.
+    pub storage: &'a dyn ObjectStore,
 }
 
 impl Sweeper<'_> {
@@ -179,7 +191,49 @@ impl Sweeper<'_> {
             .instrument(span)
             .await?;
         }
+        report.expired = self.end_abandoned_multipart().await?;
         Ok(report)
+    }
+
+    /// Aborts in the store the multipart uploads that expired unassembled, then fails their
+    /// uploads. The store first: an abort that fails is tried again by the next sweep, and
+    /// aborting twice (concurrent sweepers) is harmless.
+    async fn end_abandoned_multipart(&self) -> Result<Vec<i64>, QueueError> {
+        const SQL: &str = "SELECT m.upload_id, m.store_upload_id, u.object_key \
+             FROM multipart_uploads m JOIN uploads u ON u.id = m.upload_id \
+             WHERE m.completed_at IS NULL AND m.expires_at <= $1 AND u.status = 'PREPARED' \
+             ORDER BY m.expires_at LIMIT $2";
+        let rows = self
+            .db
+            .query_all(crate::db::stmt(
+                self.db.get_database_backend(),
+                SQL,
+                [Utc::now().into(), UPLOADS_PER_SWEEP.into()],
+            ))
+            .await?;
+        let mut ended = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get("", "upload_id")?;
+            let store_upload_id: String = row.try_get("", "store_upload_id")?;
+            let key: String = row.try_get("", "object_key")?;
+            if let Err(e) = self.storage.abort_multipart(&key, &store_upload_id).await {
+                tracing::warn!(upload_pk = id, error = %e, "could not abort an expired multipart upload; next sweep tries again");
+                continue;
+            }
+            if crate::uploads::terminate(
+                self.db,
+                self.outbox,
+                id,
+                UploadStatus::Failed,
+                Some(MULTIPART_EXPIRED_REASON),
+            )
+            .await?
+            {
+                tracing::info!(upload_pk = id, "expired multipart upload aborted");
+                ended.push(id);
+            }
+        }
+        Ok(ended)
     }
 
     /// Touches the upload if it is still as stale as it was read: of concurrent sweepers

@@ -1,5 +1,6 @@
 //! Objects on local disk under the data dir, uploaded through the server's own POST endpoint
-//! that verifies the same signed policy S3 would (signature, expiry, exact key, size).
+//! that verifies the same signed policy S3 would (signature, expiry, exact key, size), or in
+//! signed multipart parts (`super::local_parts`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::download_url::{self, LinkError};
 use super::policy::{self, PolicyError, PolicyRequest, Signer};
-use super::{ObjectReader, ObjectStore, PresignedPost, SignedDownload, StorageError, validate_key};
+use super::{ObjectReader, ObjectStore, PresignedPost, SignedUrl, StorageError, StoredPart, validate_key};
 
 /// The local store poses as one bucket with one access key; the secret lives in the data dir.
 const BUCKET: &str = "local";
@@ -29,15 +30,16 @@ const FORM_OVERHEAD: u64 = 64 * 1024;
 const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct LocalStore {
-    root: PathBuf,
-    post_url: String,
-    secret: SecretString,
+    pub(super) root: PathBuf,
+    pub(super) post_url: String,
+    pub(super) secret: SecretString,
 }
 
 impl LocalStore {
     /// `public_url` is how clients reach this server; uploads go to `<public_url>/objects`.
     pub fn new(root: PathBuf, public_url: &url::Url, secret: SecretString) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join(".incoming"))?;
+        std::fs::create_dir_all(root.join(".multipart"))?;
         let post_url = public_url
             .join("objects")
             .map_err(std::io::Error::other)?
@@ -49,7 +51,7 @@ impl LocalStore {
         })
     }
 
-    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+    pub(super) fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         validate_key(key)?;
         Ok(self.root.join(key))
     }
@@ -60,7 +62,10 @@ impl LocalStore {
         let limit = usize::try_from(max_upload_bytes.saturating_add(FORM_OVERHEAD)).unwrap_or(usize::MAX);
         Router::new()
             .route("/objects", post(post_object))
-            .route("/objects/{*key}", get(get_object))
+            .route(
+                "/objects/{*key}",
+                get(get_object).put(super::local_parts::put_part),
+            )
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
     }
@@ -307,7 +312,7 @@ impl ObjectStore for LocalStore {
         &self,
         key: &str,
         expires_in: std::time::Duration,
-    ) -> Result<SignedDownload, StorageError> {
+    ) -> Result<SignedUrl, StorageError> {
         validate_key(key)?;
         let ttl =
             chrono::Duration::from_std(expires_in).map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
@@ -315,16 +320,48 @@ impl ObjectStore for LocalStore {
         let expires = (Utc::now() + ttl).timestamp();
         let expires_at = DateTime::from_timestamp(expires, 0).unwrap_or_else(Utc::now);
         let signature = download_url::sign(self.secret.expose_secret(), key, expires);
-        Ok(SignedDownload {
+        Ok(SignedUrl {
             url: format!("{}/{key}?expires={expires}&signature={signature}", self.post_url),
             expires_at,
         })
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StorageError> {
+        self.create_multipart_upload(key).await
+    }
+
+    async fn presign_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        max_bytes: u64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<SignedUrl, StorageError> {
+        self.sign_part(key, upload_id, part_number, max_bytes, expires_at)
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<StoredPart>, StorageError> {
+        self.list_multipart_parts(key, upload_id).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[StoredPart],
+    ) -> Result<(), StorageError> {
+        self.complete_multipart_upload(key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        self.abort_multipart_upload(key, upload_id).await
     }
 }
 
 /// An S3-shaped error response, so clients handle both stores the same way.
 #[derive(Debug)]
-struct S3Error {
+pub(super) struct S3Error {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -339,7 +376,7 @@ impl S3Error {
         }
     }
 
-    fn access_denied(message: impl Into<String>) -> Self {
+    pub(super) fn access_denied(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "AccessDenied", message)
     }
 
@@ -351,7 +388,7 @@ impl S3Error {
         )
     }
 
-    fn from_link(err: LinkError) -> Self {
+    pub(super) fn from_link(err: LinkError) -> Self {
         match err {
             LinkError::Expired => Self::access_denied("Request has expired"),
             LinkError::BadSignature => Self::new(
@@ -362,7 +399,31 @@ impl S3Error {
         }
     }
 
-    fn too_large() -> Self {
+    pub(super) fn no_such_upload() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchUpload",
+            "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.",
+        )
+    }
+
+    /// The body ended before its `Content-Length` (a dropped connection).
+    pub(super) fn incomplete_body() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "IncompleteBody",
+            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+        )
+    }
+
+    pub(super) fn storage(err: StorageError) -> Self {
+        match err {
+            StorageError::Io(e) => Self::internal(e),
+            other => Self::internal(std::io::Error::other(other)),
+        }
+    }
+
+    pub(super) fn too_large() -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "EntityTooLarge",
@@ -370,7 +431,7 @@ impl S3Error {
         )
     }
 
-    fn internal(err: std::io::Error) -> Self {
+    pub(super) fn internal(err: std::io::Error) -> Self {
         tracing::error!(error = %err, "local object store failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,8 +1,11 @@
 //! Object storage behind one trait: S3 in production, the data dir on the embedded default.
-//! Both hand clients the same S3 POST-policy upload, so a frontend cannot tell them apart.
+//! Both hand clients the same S3 POST-policy upload and the same multipart part PUTs, so a
+//! frontend cannot tell them apart.
 
 pub mod download_url;
 pub mod local;
+mod local_parts;
+pub mod part_url;
 pub mod policy;
 pub mod s3;
 
@@ -24,9 +27,10 @@ pub struct PresignedPost {
     pub expires_at: DateTime<Utc>,
 }
 
-/// A signed link that lets anyone holding it GET one object until `expires_at`.
+/// A signed link that lets anyone holding it do one thing (GET an object, PUT a part) until
+/// `expires_at`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedDownload {
+pub struct SignedUrl {
     pub url: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -46,7 +50,22 @@ pub enum StorageError {
     S3(String),
     #[error("credentials: {0}")]
     Credentials(String),
+    /// The multipart upload was completed or aborted (S3 `NoSuchUpload`).
+    #[error("multipart upload {0} not found")]
+    NoSuchUpload(String),
 }
+
+/// One part of a multipart upload as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPart {
+    pub part_number: u32,
+    pub size: u64,
+    /// As the store answers it: the quoted hex MD5 of the part.
+    pub etag: String,
+}
+
+/// S3's bound on the parts of one multipart upload (and on part numbers).
+pub const MAX_PARTS: u32 = 10_000;
 
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync {
@@ -77,10 +96,42 @@ pub trait ObjectStore: Send + Sync {
         &self,
         key: &str,
         expires_in: std::time::Duration,
-    ) -> Result<SignedDownload, StorageError>;
+    ) -> Result<SignedUrl, StorageError>;
 
     /// Whether the store answers (readiness): one cheap call, no object read or written.
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// Starts a multipart upload of `key`; returns the store's id of it.
+    async fn create_multipart(&self, key: &str) -> Result<String, StorageError>;
+
+    /// A URL to PUT the raw bytes of part `part_number` of multipart upload `upload_id` of
+    /// `key` until `expires_at`. `max_bytes` is the part's size: the local store refuses more
+    /// while the bytes stream; S3 cannot pin it in a presigned PUT, so the sizes of the
+    /// parts are checked again before the object is assembled.
+    async fn presign_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        max_bytes: u64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<SignedUrl, StorageError>;
+
+    /// The parts the store holds, by part number (at most [`MAX_PARTS`]);
+    /// [`StorageError::NoSuchUpload`] once the upload was completed or aborted.
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<StoredPart>, StorageError>;
+
+    /// Assembles `parts`, in order, into the object `key`: afterwards the object is either
+    /// what it was or the whole file. [`StorageError::NoSuchUpload`] when it is gone.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[StoredPart],
+    ) -> Result<(), StorageError>;
+
+    /// Drops the multipart upload and every part of it; one already gone is no error.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
 }
 
 /// The key an upload's CSV is stored under; dated so storage lifecycle rules can expire it.

@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
 use super::policy::{self, PolicyRequest, Signer};
-use super::{ObjectReader, ObjectStore, PresignedPost, SignedDownload, StorageError};
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use super::{MAX_PARTS, ObjectReader, ObjectStore, PresignedPost, SignedUrl, StorageError, StoredPart};
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -98,6 +101,117 @@ fn post_url(endpoint: Option<&url::Url>, bucket: &str, region: &str, path_style:
 
 fn s3_error(err: impl std::error::Error) -> StorageError {
     StorageError::S3(aws_sdk_s3::error::DisplayErrorContext(err).to_string())
+}
+
+/// `NoSuchUpload` (the multipart upload was completed or aborted) apart from other failures;
+/// only AbortMultipartUpload models it, so the others are told by the error code.
+fn multipart_error<E, R>(upload_id: &str, err: aws_sdk_s3::error::SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    if err.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") {
+        StorageError::NoSuchUpload(upload_id.to_owned())
+    } else {
+        s3_error(err)
+    }
+}
+
+/// One page of a ListParts answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PartsPage {
+    parts: Vec<StoredPart>,
+    /// Where the next page starts; `None` on the last page.
+    next_marker: Option<String>,
+}
+
+impl From<&aws_sdk_s3::operation::list_parts::ListPartsOutput> for PartsPage {
+    fn from(out: &aws_sdk_s3::operation::list_parts::ListPartsOutput) -> Self {
+        let parts = out
+            .parts()
+            .iter()
+            .filter_map(|part| {
+                Some(StoredPart {
+                    part_number: u32::try_from(part.part_number()?).ok()?,
+                    size: u64::try_from(part.size()?).ok()?,
+                    etag: part.e_tag()?.to_owned(),
+                })
+            })
+            .collect();
+        let next_marker = out
+            .next_part_number_marker()
+            .filter(|_| out.is_truncated() == Some(true))
+            .map(str::to_owned);
+        Self { parts, next_marker }
+    }
+}
+
+type SdkError<E> = aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>;
+
+/// The body of an HTTP 200 answer the SDK refused. moto (5.2) names the root element of
+/// ListParts and CompleteMultipartUpload answers `…Response` where S3 says `…Result`, and
+/// the SDK refuses the whole answer for it; the rest of the document is S3's.
+fn refused_ok_body<E>(err: &SdkError<E>) -> Option<&str> {
+    let raw = err.raw_response().filter(|r| r.status().as_u16() == 200)?;
+    std::str::from_utf8(raw.body().bytes()?).ok()
+}
+
+/// Whether `body` is an XML document whose root element is `root`.
+fn has_root(body: &str, root: &str) -> bool {
+    aws_smithy_xml::decode::Document::new(body)
+        .root_element()
+        .is_ok_and(|el| el.start_el().matches(root))
+}
+
+/// A ListParts answer under moto's root, read with the SDK's own XML decoder; any other
+/// failure stays a failure.
+fn lenient_parts_page<E>(err: &SdkError<E>) -> Option<PartsPage> {
+    lenient_parts_xml(refused_ok_body(err)?)
+}
+
+fn lenient_parts_xml(text: &str) -> Option<PartsPage> {
+    use aws_smithy_xml::decode::{Document, try_data};
+    let mut doc = Document::new(text);
+    let mut root = doc.root_element().ok()?;
+    if !root.start_el().matches("ListPartsResponse") {
+        return None;
+    }
+    let mut page = PartsPage::default();
+    let (mut truncated, mut next) = (false, None);
+    while let Some(mut tag) = root.next_tag() {
+        match tag.start_el().local() {
+            "IsTruncated" => truncated = try_data(&mut tag).ok()? == "true",
+            "NextPartNumberMarker" => next = Some(try_data(&mut tag).ok()?.into_owned()),
+            "Part" => {
+                let (mut number, mut size, mut etag) = (None, None, None);
+                while let Some(mut field) = tag.next_tag() {
+                    match field.start_el().local() {
+                        "PartNumber" => number = try_data(&mut field).ok()?.parse().ok(),
+                        "Size" => size = try_data(&mut field).ok()?.parse().ok(),
+                        "ETag" => etag = Some(try_data(&mut field).ok()?.into_owned()),
+                        _ => {}
+                    }
+                }
+                page.parts.push(StoredPart {
+                    part_number: number?,
+                    size: size?,
+                    etag: etag?,
+                });
+            }
+            _ => {}
+        }
+    }
+    page.next_marker = next.filter(|_| truncated);
+    Some(page)
+}
+
+fn presigning_config(
+    expires_at: DateTime<Utc>,
+) -> Result<aws_sdk_s3::presigning::PresigningConfig, StorageError> {
+    let ttl = (expires_at - Utc::now())
+        .to_std()
+        .map_err(|_| StorageError::S3(format!("expiry {expires_at} is in the past")))?;
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl).map_err(s3_error)
 }
 
 #[async_trait::async_trait]
@@ -204,7 +318,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<SignedDownload, StorageError> {
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<SignedUrl, StorageError> {
         let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(s3_error)?;
         let name = key.rsplit('/').next().unwrap_or("download");
         let expires_at = Utc::now()
@@ -219,16 +333,187 @@ impl ObjectStore for S3Store {
             .presigned(config)
             .await
             .map_err(s3_error)?;
-        Ok(SignedDownload {
+        Ok(SignedUrl {
             url: request.uri().to_owned(),
             expires_at,
         })
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StorageError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("text/csv")
+            .send()
+            .await
+            .map_err(s3_error)?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StorageError::S3("CreateMultipartUpload answered no UploadId".into()))
+    }
+
+    async fn presign_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        _max_bytes: u64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<SignedUrl, StorageError> {
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .presigned(presigning_config(expires_at)?)
+            .await
+            .map_err(s3_error)?;
+        Ok(SignedUrl {
+            url: request.uri().to_owned(),
+            expires_at,
+        })
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<StoredPart>, StorageError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        // Each page moves the marker on; the part bound ends even a store that never stops.
+        while parts.len() < MAX_PARTS as usize {
+            let page = match self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .max_parts(1000)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+            {
+                Ok(out) => PartsPage::from(&out),
+                Err(err) => match lenient_parts_page(&err) {
+                    Some(page) => page,
+                    None => return Err(multipart_error(upload_id, err)),
+                },
+            };
+            let last = page.parts.last().map(|p| p.part_number);
+            parts.extend(page.parts);
+            match page.next_marker {
+                // A marker that does not move past the page's parts would loop forever.
+                Some(next) if last.is_some_and(|l| next.parse::<u32>().is_ok_and(|n| n >= l)) => {
+                    marker = Some(next);
+                }
+                _ => break,
+            }
+        }
+        parts.truncate(MAX_PARTS as usize);
+        Ok(parts)
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[StoredPart],
+    ) -> Result<(), StorageError> {
+        let completed = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.part_number as i32)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        match self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // moto's answer of success; the caller checks the object's size either way.
+            Err(err)
+                if refused_ok_body(&err)
+                    .is_some_and(|body| has_root(body, "CompleteMultipartUploadResponse")) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(multipart_error(upload_id, err)),
+        }
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| multipart_error(upload_id, e))
+        {
+            Ok(_) | Err(StorageError::NoSuchUpload(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::post_url;
+    use super::{PartsPage, StoredPart, lenient_parts_xml, post_url};
+
+    #[test]
+    fn a_list_parts_answer_under_motos_root_is_read_and_others_are_not() {
+        let body = |root: &str| {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<{root} xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId><PartNumberMarker>0</PartNumberMarker>\
+                 <NextPartNumberMarker>2</NextPartNumberMarker><MaxParts>2</MaxParts><IsTruncated>true</IsTruncated>\
+                 <Part><PartNumber>1</PartNumber><LastModified>2026-12-01T00:00:00.000Z</LastModified>\
+                 <ETag>&quot;5d41402abc4b2a76b9719d911017c592&quot;</ETag><Size>5</Size></Part>\
+                 <Part><PartNumber>2</PartNumber><ETag>\"7d793037a0760186574b0282f2f435e7\"</ETag><Size>6</Size></Part>\
+                 </{root}>"
+            )
+        };
+        assert_eq!(
+            lenient_parts_xml(&body("ListPartsResponse")),
+            Some(PartsPage {
+                parts: vec![
+                    StoredPart {
+                        part_number: 1,
+                        size: 5,
+                        etag: "\"5d41402abc4b2a76b9719d911017c592\"".into()
+                    },
+                    StoredPart {
+                        part_number: 2,
+                        size: 6,
+                        etag: "\"7d793037a0760186574b0282f2f435e7\"".into()
+                    },
+                ],
+                next_marker: Some("2".into()),
+            })
+        );
+        // What the SDK itself refused for another reason stays refused.
+        assert_eq!(lenient_parts_xml(&body("ListPartsResult")), None);
+        assert_eq!(
+            lenient_parts_xml("<ListPartsResponse><Part><Size>1</Size></Part></ListPartsResponse>"),
+            None
+        );
+    }
 
     #[test]
     fn post_urls_follow_the_addressing_style() {

@@ -1,9 +1,11 @@
-//! The upload lifecycle as the API drives it: prepare, finalize, read and list, results,
-//! error report and retry. Checks and state changes live here; the GraphQL layer only translates.
+//! The upload lifecycle as the API drives it: prepare (single POST or multipart), finalize,
+//! read and list, results, error report and retry. Checks and state changes live here; the GraphQL layer only translates.
 
 mod cancel;
 pub mod failed_rows;
 mod finalize;
+pub mod multipart;
+mod part_plan;
 mod prepare;
 mod read;
 pub mod report;

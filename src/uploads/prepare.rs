@@ -36,6 +36,43 @@ pub async fn prepare(
     identity: &Identity,
     input: PrepareInput,
 ) -> Result<Prepared, ApiError> {
+    let checked = check(state, identity, &input).await?;
+    let now = Utc::now();
+    let (public_id, object_key) = new_ids(now);
+    // Sign first: an upload row without a way to upload its file would be useless.
+    let post = sign_upload(state, &object_key, now).await?;
+    let upload = checked
+        .new_upload(identity, input, public_id, object_key, now)
+        .insert(&state.db)
+        .await?;
+    tracing::info!(rows = upload.declared_row_count, "upload prepared");
+    Ok(Prepared { upload, post })
+}
+
+/// A new upload's public id and object key, the id recorded on the current span.
+pub(super) fn new_ids(now: chrono::DateTime<Utc>) -> (String, String) {
+    let public_id = uuid::Uuid::now_v7().to_string();
+    tracing::Span::current().record("upload_id", public_id.as_str());
+    let object_key = upload_key(&public_id, now);
+    (public_id, object_key)
+}
+
+/// What passed the upload-level checks of prepare (single POST or multipart alike).
+pub(super) struct Checked {
+    scope: TenantScope,
+    target: String,
+    device_type: DeviceType,
+    action: entity::action::Model,
+    workflow: Option<entity::workflow::Model>,
+}
+
+/// Every upload-level check of SPEC §3: permission, target workspace, device type, row
+/// count, action and workflow.
+pub(super) async fn check(
+    state: &AppState,
+    identity: &Identity,
+    input: &PrepareInput,
+) -> Result<Checked, ApiError> {
     let db = &state.db;
     let scope = access::authorize(db, identity, &input.tenant_id, Permission::Update).await?;
     let target = target_workspace(db, &scope, input.target_workspace_id.as_deref()).await?;
@@ -50,41 +87,56 @@ pub async fn prepare(
         None => None,
     };
     check_action_workflow(&action, workflow.as_ref())?;
+    Ok(Checked {
+        scope,
+        target,
+        device_type,
+        action,
+        workflow,
+    })
+}
 
-    let now = Utc::now();
-    let public_id = uuid::Uuid::now_v7().to_string();
-    tracing::Span::current().record("upload_id", public_id.as_str());
-    let object_key = upload_key(&public_id, now);
-    // Sign first: an upload row without a way to upload its file would be useless.
-    let post = sign_upload(state, &object_key, now).await?;
-
-    let upload = upload::ActiveModel {
-        public_id: Set(public_id),
-        tenant_id: Set(scope.tenant_id.clone()),
-        target_tenant_id: Set(target),
-        created_by: Set(identity.user.clone()),
-        device_type: Set(device_type.code()),
-        action_id: Set(action.id),
-        action_kind: Set(action.kind),
-        action_service_type: Set(action.target_service_type),
-        workflow_service_type: Set(workflow.as_ref().map(|w| w.service_type)),
-        workflow_id: Set(workflow.map(|w| w.id)),
-        brand_id: Set(input.brand_id),
-        provision_type: Set(input.provision_type),
-        declared_row_count: Set(input.row_count),
-        object_key: Set(object_key),
-        status: Set(UploadStatus::Prepared),
-        processed_rows: Set(0),
-        succeeded: Set(0),
-        failed: Set(0),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
+impl Checked {
+    /// The PREPARED upload row, not yet inserted.
+    pub(super) fn new_upload(
+        self,
+        identity: &Identity,
+        input: PrepareInput,
+        public_id: String,
+        object_key: String,
+        now: chrono::DateTime<Utc>,
+    ) -> upload::ActiveModel {
+        let Self {
+            scope,
+            target,
+            device_type,
+            action,
+            workflow,
+        } = self;
+        upload::ActiveModel {
+            public_id: Set(public_id),
+            tenant_id: Set(scope.tenant_id),
+            target_tenant_id: Set(target),
+            created_by: Set(identity.user.clone()),
+            device_type: Set(device_type.code()),
+            action_id: Set(action.id),
+            action_kind: Set(action.kind),
+            action_service_type: Set(action.target_service_type),
+            workflow_service_type: Set(workflow.as_ref().map(|w| w.service_type)),
+            workflow_id: Set(workflow.map(|w| w.id)),
+            brand_id: Set(input.brand_id),
+            provision_type: Set(input.provision_type),
+            declared_row_count: Set(input.row_count),
+            object_key: Set(object_key),
+            status: Set(UploadStatus::Prepared),
+            processed_rows: Set(0),
+            succeeded: Set(0),
+            failed: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
     }
-    .insert(db)
-    .await?;
-    tracing::info!(rows = upload.declared_row_count, "upload prepared");
-    Ok(Prepared { upload, post })
 }
 
 /// `targetWorkspaceId` must be the tenant itself or one of its descendants.

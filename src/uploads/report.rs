@@ -17,17 +17,14 @@ use tracing::Instrument;
 use super::failed_rows::{Layout, store};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::storage::{ObjectStore, SignedDownload, error_report_key};
+use crate::storage::{ObjectStore, SignedUrl, error_report_key};
 
 /// Attempts before a report is given up (`FAILED`); with the backoff below, about ten minutes.
 pub const MAX_ATTEMPTS: i32 = 8;
 
 /// A download link of `upload`'s error report, once built; `None` before (not finished, no
 /// failure, or still being built). Signing only: no statement, no merge.
-pub async fn error_report(
-    state: &AppState,
-    upload: &upload::Model,
-) -> Result<Option<SignedDownload>, ApiError> {
+pub async fn error_report(state: &AppState, upload: &upload::Model) -> Result<Option<SignedUrl>, ApiError> {
     let Some(key) = ready_key(upload) else {
         if upload.report_status == Some(ReportStatus::Pending) {
             // Asked before it is built: wake this process's builder (if it runs one) rather

@@ -330,15 +330,21 @@ impl TestApp {
         body["data"]["upload"].clone()
     }
 
-    /// Result rows of an upload straight from the database: `(row, uid, outcome, code)`.
-    pub async fn results(&self, upload_id: &str) -> Vec<(i32, String, String, Option<String>)> {
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
-        let upload = entity::prelude::Upload::find()
+    /// The upload's row straight from the database.
+    pub async fn upload_row(&self, upload_id: &str) -> entity::upload::Model {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::prelude::Upload::find()
             .filter(entity::upload::Column::PublicId.eq(upload_id))
             .one(&self.state.db)
             .await
             .unwrap()
-            .unwrap();
+            .unwrap_or_else(|| panic!("no upload {upload_id}"))
+    }
+
+    /// Result rows of an upload straight from the database: `(row, uid, outcome, code)`.
+    pub async fn results(&self, upload_id: &str) -> Vec<(i32, String, String, Option<String>)> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+        let upload = self.upload_row(upload_id).await;
         entity::prelude::BatchResult::find()
             .filter(entity::batch_result::Column::UploadId.eq(upload.id))
             .order_by_asc(entity::batch_result::Column::RowNumber)

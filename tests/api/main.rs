@@ -19,6 +19,7 @@ mod http_conformance;
 mod limits;
 mod lock_order;
 mod migration_04;
+mod multipart;
 mod operability;
 mod pipeline;
 mod prepare;

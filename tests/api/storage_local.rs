@@ -56,7 +56,7 @@ async fn post(app: &TestApp, file_upload: &Value, form: Form) -> reqwest::Respon
 }
 
 /// Status and S3 error code (`<Error><Code>…</Code>`) of a refusal.
-async fn s3_error(resp: reqwest::Response) -> (u16, String) {
+pub async fn s3_error(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
     let code = body

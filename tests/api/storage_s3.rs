@@ -20,6 +20,14 @@ pub struct S3App {
 }
 
 pub async fn spawn_on_s3(backend: Backend) -> S3App {
+    spawn_on_s3_with(backend, |_| {}).await
+}
+
+/// [`spawn_on_s3`] after `configure` adjusted the settings.
+pub async fn spawn_on_s3_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut fleetload::config::Settings),
+) -> S3App {
     let moto = moto::s3_endpoint().await;
     let sdk = moto::sdk_config(&moto.url);
     let bucket = moto::create_bucket(&sdk).await;
@@ -30,6 +38,7 @@ pub async fn spawn_on_s3(backend: Backend) -> S3App {
             s.s3_bucket = Some(bucket.clone());
             s.s3_endpoint_url = Some(endpoint);
             s.s3_force_path_style = true;
+            configure(s);
         },
         Some(sdk.clone()),
     )
