@@ -41,8 +41,9 @@ pub struct UploadArgs {
     /// (bytes, or e.g. `64MiB`, `500KB`); smaller ones in one POST.
     #[arg(long, default_value = "64MiB")]
     pub multipart_threshold: ByteSize,
-    /// The size of each part of a multipart upload (default: the server's, 8 MiB).
-    #[arg(long, conflicts_with = "resume")]
+    /// The size of each part of a multipart upload (default: the server's, 8 MiB); a resumed
+    /// upload keeps the part size it was prepared with.
+    #[arg(long)]
     pub part_size: Option<ByteSize>,
     /// Parts sent at once (1 to 16).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -402,10 +403,12 @@ mod tests {
     }
 
     #[test]
-    fn resume_needs_no_action_and_keeps_the_upload_s_part_size() {
+    fn resume_needs_no_action_and_takes_the_first_run_s_arguments() {
         let args = parse(&["--resume", "0190"]).unwrap();
         assert_eq!((args.resume.as_deref(), args.action), (Some("0190"), None));
         assert!(parse(&[]).is_err(), "--action or --resume");
-        assert!(parse(&["--resume", "0190", "--part-size", "8MiB"]).is_err());
+        // The printed command repeats the first run's arguments.
+        let args = parse(&["--action", "a", "--part-size", "8MiB", "--resume", "0190"]).unwrap();
+        assert_eq!(args.resume.as_deref(), Some("0190"));
     }
 }
