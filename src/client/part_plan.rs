@@ -132,6 +132,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn part(number: u32, offset: u64, len: u64) -> Part {
+        Part { number, offset, len }
+    }
+
     fn stored(number: u32, size: u64) -> StoredPart {
         StoredPart {
             number,
@@ -143,35 +147,9 @@ mod tests {
     #[test]
     fn parts_cover_the_file_once_with_a_short_last_part() {
         let p = parts(25, 10);
-        assert_eq!(
-            p,
-            vec![
-                Part {
-                    number: 1,
-                    offset: 0,
-                    len: 10
-                },
-                Part {
-                    number: 2,
-                    offset: 10,
-                    len: 10
-                },
-                Part {
-                    number: 3,
-                    offset: 20,
-                    len: 5
-                },
-            ]
-        );
+        assert_eq!(p, vec![part(1, 0, 10), part(2, 10, 10), part(3, 20, 5)]);
         assert_eq!(parts(20, 10).len(), 2);
-        assert_eq!(
-            parts(0, 10),
-            vec![Part {
-                number: 1,
-                offset: 0,
-                len: 0
-            }]
-        );
+        assert_eq!(parts(0, 10), vec![part(1, 0, 0)]);
     }
 
     proptest! {
@@ -195,32 +173,8 @@ mod tests {
     #[test]
     fn a_matching_upload_sends_only_the_missing_parts() {
         let plan = plan_resume(25, 10, &[stored(2, 10)], &[1, 3]).unwrap();
-        assert_eq!(
-            plan.to_verify,
-            vec![(
-                Part {
-                    number: 2,
-                    offset: 10,
-                    len: 10
-                },
-                "abc2".to_owned()
-            )]
-        );
-        assert_eq!(
-            plan.to_send,
-            vec![
-                Part {
-                    number: 1,
-                    offset: 0,
-                    len: 10
-                },
-                Part {
-                    number: 3,
-                    offset: 20,
-                    len: 5
-                }
-            ]
-        );
+        assert_eq!(plan.to_verify, vec![(part(2, 10, 10), "abc2".to_owned())]);
+        assert_eq!(plan.to_send, vec![part(1, 0, 10), part(3, 20, 5)]);
     }
 
     #[test]

@@ -139,6 +139,36 @@ fn printed_resume_command(stderr: &str) -> String {
         .to_owned()
 }
 
+/// A `--resume` run found `stored` of the file's parts in the store, sent the others, and the
+/// upload completed with every row of `bytes`, whose SHA-256 the stored file has.
+async fn assert_resumed(
+    app: &TestApp,
+    out: &std::process::Output,
+    id: &str,
+    stored: usize,
+    bytes: &[u8],
+    part: usize,
+) {
+    let (stdout, stderr) = text(out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let parts = bytes.len().div_ceil(part);
+    assert!(
+        stdout.contains(&format!(
+            "upload {id}: resuming, {stored} of {parts} part(s) stored, {} to send",
+            parts - stored
+        )),
+        "{stdout}"
+    );
+    let rows = bytes.iter().filter(|&&b| b == b'\n').count() - 1;
+    assert!(
+        stdout.contains(&format!(
+            "COMPLETED: {rows} of {rows} rows processed, {rows} succeeded, 0 failed"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(stored_sha256(app, id).await, sha256(bytes));
+}
+
 /// Runs `line` as a shell would, as a user pasting it does.
 async fn run_in_shell(line: &str) -> std::process::Output {
     tokio::process::Command::new("sh")
@@ -236,20 +266,7 @@ async fn resuming_sends_only_the_missing_parts_and_stores_the_original_file() {
     )
     .await;
 
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!(
-            "upload {id}: resuming, 3 of {parts} part(s) stored, {} to send",
-            parts - 3
-        )),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("COMPLETED: 3000 of 3000 rows processed, 3000 succeeded, 0 failed"),
-        "{stdout}"
-    );
-    assert_eq!(stored_sha256(&app, &id).await, sha256(&bytes));
+    assert_resumed(&app, &out, &id, 3, &bytes, PART).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -450,7 +467,8 @@ async fn ctrl_c_during_the_transfer_prints_the_resume_command_which_completes_it
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     let id = upload_id(&stdout);
     assert!(
-        stderr.contains(&format!("interrupted: upload {id}: ")),
+        stderr.contains(&format!("interrupted: upload {id}: "))
+            && stderr.contains(&format!(" of {parts} part(s) stored; to continue, run:")),
         "{stderr}"
     );
     let resume = printed_resume_command(&stderr);
@@ -460,21 +478,7 @@ async fn ctrl_c_during_the_transfer_prints_the_resume_command_which_completes_it
     assert_eq!((stored.len(), status.as_str()), (3, "PREPARED"), "{stored:?}");
 
     gate.open();
-    let out = run_in_shell(&resume).await;
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{resume}\n{stdout}{stderr}");
-    assert!(
-        stdout.contains(&format!(
-            "resuming, 3 of {parts} part(s) stored, {} to send",
-            parts - 3
-        )),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("COMPLETED: 4000 of 4000 rows processed, 4000 succeeded, 0 failed"),
-        "{stdout}"
-    );
-    assert_eq!(stored_sha256(&app, &id).await, sha256(&bytes));
+    assert_resumed(&app, &run_in_shell(&resume).await, &id, 3, &bytes, PART).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -515,14 +519,7 @@ async fn a_part_the_store_keeps_refusing_stops_the_transfer_with_the_resume_comm
 
     gate.open();
     let resume = printed_resume_command(&stderr);
-    let out = run_in_shell(&resume).await;
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{resume}\n{stdout}{stderr}");
-    assert!(
-        stdout.contains("COMPLETED: 4000 of 4000 rows processed, 4000 succeeded, 0 failed"),
-        "{stdout}"
-    );
-    assert_eq!(stored_sha256(&app, &id).await, sha256(&bytes));
+    assert_resumed(&app, &run_in_shell(&resume).await, &id, 2, &bytes, PART).await;
 }
 
 /// On S3 (moto) parts are at least 5 MiB: two parts, the first sent before the "restart".
@@ -545,17 +542,7 @@ async fn on_s3_an_interrupted_upload_resumes_and_stores_the_original_file() {
 
     let out = run(app, &["upload", file.to_str().unwrap(), "--resume", &id]).await;
 
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("resuming, 1 of 2 part(s) stored, 1 to send"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("COMPLETED: 30000 of 30000 rows processed, 30000 succeeded, 0 failed"),
-        "{stdout}"
-    );
-    assert_eq!(stored_sha256(app, &id).await, sha256(&bytes));
+    assert_resumed(app, &out, &id, 1, &bytes, part).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
