@@ -196,7 +196,19 @@ impl Transfer {
     pub async fn complete(&self, client: &Client) -> Result<String, ClientError> {
         let data = client
             .gql(COMPLETE, json!({ "t": self.tenant, "id": self.upload_id }))
-            .await?;
+            .await
+            .map_err(|mut err| {
+                // Every part asked for was sent: the store kept one of another size than the
+                // upload's plan, which the first checks cannot see when it is the last part.
+                if err.code == "UPLOAD_PARTS_MISSING" {
+                    err.message.push_str(&format!(
+                        "; they were sent, but not with the size the upload was prepared for: \
+                         is {} the file of this upload?",
+                        self.file.display()
+                    ));
+                }
+                err
+            })?;
         Ok(plain(&data["completeMultipartUpload"]))
     }
 

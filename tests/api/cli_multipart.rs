@@ -306,12 +306,93 @@ async fn resuming_with_another_file_is_refused_and_nothing_is_assembled() {
     // Nothing was sent or assembled: the store holds the same two parts, the upload waits.
     assert_eq!(stored_parts(&app, &id).await, (vec![1, 2], "PREPARED".to_owned()));
 
-    // The right file still completes it.
+    // As many parts, the last one shorter and not stored yet: the parts go, and assembling
+    // them is refused, as the store holds no last part of the planned size.
+    let trimmed = write(dir.path(), "trimmed.csv", &bytes[..bytes.len() - 100]);
+    let out = run(&app, &["upload", trimmed.to_str().unwrap(), "--resume", &id]).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: UPLOAD_PARTS_MISSING: parts 6 ")
+            && stderr.contains(&format!("is {} the file of this upload?", trimmed.display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stored_parts(&app, &id).await,
+        (vec![1, 2, 3, 4, 5], "PREPARED".to_owned())
+    );
+
+    // The right file still completes it, its own last part replacing the short one.
     let file = write(dir.path(), "devices.csv", &bytes);
     let out = run(&app, &["upload", file.to_str().unwrap(), "--resume", &id]).await;
+    assert_resumed(&app, &out, &id, 5, &bytes, PART).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resuming_an_unknown_a_foreign_or_a_single_post_upload_is_refused_with_its_code() {
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = devices(29, 3000, &[]);
+    let file = write(dir.path(), "devices.csv", &bytes);
+    let file = file.to_str().unwrap();
+    let refused = |out: &std::process::Output, code: &str| {
+        let (stdout, stderr) = text(out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stderr.contains(&format!("error: {code}: ")), "{code}: {stderr}");
+        assert!(!stderr.contains("to continue"), "nothing to continue: {stderr}");
+    };
+
+    let out = run(
+        &app,
+        &["upload", file, "--resume", "01a00000-0000-7000-8000-000000000000"],
+    )
+    .await;
+    refused(&out, "UPLOAD_NOT_FOUND");
+
+    // bob (acme) cannot see alice's upload, and takes nothing from it.
+    let (id, urls) = prepare_multipart(&app, 3000, &bytes, PART).await;
+    put_part(&app, &urls, 1, &bytes, PART).await;
+    let out = run(
+        &app,
+        &[
+            "upload", file, "--resume", &id, "--user", "bob", "--tenant", "acme",
+        ],
+    )
+    .await;
+    refused(&out, "UPLOAD_NOT_FOUND");
+    assert_eq!(stored_parts(&app, &id).await, (vec![1], "PREPARED".to_owned()));
+
+    // An upload sent in one POST has no parts to resume.
+    let small = write(dir.path(), "small.csv", &devices(30, 10, &[]));
+    let out = run(
+        &app,
+        &[
+            "upload",
+            small.to_str().unwrap(),
+            "--action",
+            "register-prepaid",
+            "--workflow",
+            DEMO_WORKFLOW,
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let single = upload_id(&text(&out).0);
+    let out = run(&app, &["upload", file, "--resume", &single]).await;
+    refused(&out, "UPLOAD_NOT_MULTIPART");
+
+    // Once completed, the same command only reports: nothing is sent again.
+    let out = run(&app, &["upload", file, "--resume", &id]).await;
+    assert_resumed(&app, &out, &id, 1, &bytes, PART).await;
+    let out = run(&app, &["upload", file, "--resume", &id]).await;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert_eq!(stored_sha256(&app, &id).await, sha256(&bytes));
+    assert!(
+        stdout.contains(&format!("upload {id}: its parts are assembled already"))
+            && stdout.contains("COMPLETED: 3000 of 3000 rows processed")
+            && !stdout.contains("SENDING"),
+        "{stdout}"
+    );
 }
 
 /// What happens to a part PUT once the gate's allowance is spent.
