@@ -117,7 +117,12 @@ impl LocalStore {
         // was cut off before it removed it.
         let mut newest: std::collections::BTreeMap<u32, (std::time::SystemTime, StoredPart)> =
             Default::default();
-        let mut entries = tokio::fs::read_dir(&dir).await?;
+        let gone = || StorageError::NoSuchUpload(upload_id.to_owned());
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
+            Err(e) => return Err(e.into()),
+        };
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name();
             let Some((number, md5)) = name
@@ -147,6 +152,11 @@ impl LocalStore {
                 newest.insert(part_number, (modified, part));
             }
         }
+        // A complete or abort that took the directory away meanwhile may have cut the
+        // listing short; it never comes back, so its absence now tells.
+        if !tokio::fs::try_exists(dir.join(KEY_FILE)).await? {
+            return Err(gone());
+        }
         Ok(newest
             .into_values()
             .map(|(_, part)| part)
@@ -170,6 +180,10 @@ impl LocalStore {
                 let path = dir.join(format!("{}{md5}", part_prefix(part.part_number)));
                 let mut file = match tokio::fs::File::open(&path).await {
                     Ok(file) => file,
+                    // A concurrent complete or abort took the whole upload away.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
+                        return Err(StorageError::NoSuchUpload(upload_id.to_owned()));
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(StorageError::NotFound(format!(
                             "part {} ({}) of {upload_id}",

@@ -141,7 +141,9 @@ pub async fn parts(
     let found = find(state, identity, tenant_id, public_id).await?;
     let now = Utc::now();
     resumable(&found, now)?;
-    let Sorted { complete, missing } = stored_parts(state, &found).await?;
+    let Some(Sorted { complete, missing }) = stored_parts(state, &found).await? else {
+        return Err(gone(state, &found).await?);
+    };
     let missing = sign_parts(state, &found, missing, now).await?;
     Ok(PartsState {
         upload_id: found.upload.public_id,
@@ -166,31 +168,38 @@ pub async fn complete(
     }
     let now = Utc::now();
     resumable(&found, now)?;
-    let Sorted { complete, missing } = stored_parts(state, &found).await?;
-    if !missing.is_empty() {
-        return Err(ApiError::UploadPartsMissing { parts: missing });
-    }
-    let key = &found.upload.object_key;
-    match state
-        .storage
-        .complete_multipart(key, &found.multipart.store_upload_id, &complete)
-        .await
-    {
-        Ok(()) => {}
-        // Unless a concurrent complete, or one whose answer was lost, assembled it already.
-        Err(StorageError::NoSuchUpload(_)) => {
-            if !assembled(state, &found).await? {
-                return Err(gone(state, &found).await?);
+    // `None`: the store no longer has the multipart upload (a concurrent complete took it).
+    let assembled_here = match stored_parts(state, &found).await? {
+        Some(Sorted { complete, missing }) => {
+            if !missing.is_empty() {
+                return Err(ApiError::UploadPartsMissing { parts: missing });
+            }
+            match state
+                .storage
+                .complete_multipart(
+                    &found.upload.object_key,
+                    &found.multipart.store_upload_id,
+                    &complete,
+                )
+                .await
+            {
+                Ok(()) => Some(complete.len()),
+                Err(StorageError::NoSuchUpload(_)) => None,
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(e) => return Err(e.into()),
-    }
-    // Never trust the parts' sum alone: the object itself must have the declared size.
+        None => None,
+    };
+    // Whoever assembled it, the object itself must have the declared size: the parts' sum
+    // alone is never trusted.
     if !assembled(state, &found).await? {
-        return Err(ApiError::internal(anyhow::anyhow!(
-            "the assembled object of upload {} does not have its declared size",
-            found.upload.public_id
-        )));
+        return Err(match assembled_here {
+            Some(_) => ApiError::internal(anyhow::anyhow!(
+                "the assembled object of upload {} does not have its declared size",
+                found.upload.public_id
+            )),
+            None => gone(state, &found).await?,
+        });
     }
     MultipartUpload::update_many()
         .col_expr(multipart_upload::Column::CompletedAt, Expr::value(now))
@@ -198,7 +207,9 @@ pub async fn complete(
         .filter(multipart_upload::Column::CompletedAt.is_null())
         .exec(&state.db)
         .await?;
-    tracing::info!(parts = complete.len(), "multipart upload assembled");
+    if let Some(parts) = assembled_here {
+        tracing::info!(parts, "multipart upload assembled");
+    }
     let current = Upload::find_by_id(found.upload.id)
         .one(&state.db)
         .await?
@@ -255,14 +266,16 @@ fn resumable(found: &Found, now: DateTime<Utc>) -> Result<(), ApiError> {
     }
 }
 
-async fn stored_parts(state: &AppState, found: &Found) -> Result<Sorted, ApiError> {
+/// The store's parts sorted against the plan; `None` when the store no longer has the
+/// multipart upload (completed or aborted).
+async fn stored_parts(state: &AppState, found: &Found) -> Result<Option<Sorted>, ApiError> {
     match state
         .storage
         .list_parts(&found.upload.object_key, &found.multipart.store_upload_id)
         .await
     {
-        Ok(stored) => Ok(found.plan().sort(&stored)),
-        Err(StorageError::NoSuchUpload(_)) => Err(gone(state, found).await?),
+        Ok(stored) => Ok(Some(found.plan().sort(&stored))),
+        Err(StorageError::NoSuchUpload(_)) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -281,6 +294,8 @@ async fn gone(state: &AppState, found: &Found) -> Result<ApiError, ApiError> {
     };
     Ok(match resumable(&now, Utc::now()) {
         Err(e) => e,
+        // A concurrent complete assembled it and has not recorded it yet.
+        Ok(()) if assembled(state, &now).await? => ApiError::MultipartAlreadyCompleted,
         // Aborted in the store by hand while the database says it may go on.
         Ok(()) => ApiError::internal(anyhow::anyhow!(
             "the store has no multipart upload {} for upload {}",

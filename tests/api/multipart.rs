@@ -635,6 +635,78 @@ async fn complete_names_the_missing_parts_and_once_assembled_repeats_idempotentl
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_completes_assemble_the_file_once_and_both_answer_its_status() {
+    let app = spawn_app_with(Backend::Postgres, small_parts).await;
+    let token = app.alice();
+    for seed in 20..24 {
+        let file = csv_file(seed, 300, 0);
+        let prepared = prepare(&app, 300, &file, Some(SMALL_PART)).await;
+        let upload_id = prepared["uploadId"].as_str().unwrap();
+        for (i, chunk) in file.chunks(SMALL_PART as usize).enumerate() {
+            put_ok(&app, &url_of(&prepared["parts"], i as u64 + 1), chunk).await;
+        }
+
+        let (a, b) = tokio::join!(
+            call(&app, &token, COMPLETE, upload_id),
+            call(&app, &token, COMPLETE, upload_id)
+        );
+
+        for body in [a, b] {
+            assert_eq!(body, json!({"data": {"completeMultipartUpload": "PREPARED"}}));
+        }
+        let (key, _) = store_ids(&app, upload_id).await;
+        assert_eq!(
+            stored_sha256(&app, &key).await,
+            hex::encode(Sha256::digest(&file))
+        );
+        let (a, b) = tokio::join!(
+            app.finalize(&token, "demo", upload_id),
+            app.finalize(&token, "demo", upload_id)
+        );
+        assert_eq!(
+            [&a, &b]
+                .iter()
+                .filter(|b| b["data"]["finalizeBatchUpload"] == "QUEUED")
+                .count(),
+            2,
+            "{a} {b}"
+        );
+    }
+    assert_eq!(app.count_jobs().await, 4, "one dispatch job per upload");
+}
+
+/// On S3 a presigned part URL cannot pin the part's size: S3 keeps a part of any size, and
+/// fleetload counts it missing until one of the planned size replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_a_part_of_the_wrong_size_counts_as_missing_until_replaced() {
+    let s3 = spawn_on_s3_with(Backend::Sqlite, small_parts).await;
+    let app = &s3.app;
+    let token = app.alice();
+    let file = csv_file(9, 100, 0);
+    let prepared = prepare(app, 100, &file, Some(SMALL_PART)).await;
+    let upload_id = prepared["uploadId"].as_str().unwrap();
+    let mut longer = file[..SMALL_PART as usize].to_vec();
+    longer.extend_from_slice(b"352099001761481\n");
+    put_ok(app, &url_of(&prepared["parts"], 1), &longer).await;
+
+    let state = upload_parts(app, upload_id).await;
+    assert_eq!(state["completed"], json!([]));
+    assert_eq!(numbers(&state["missing"]), [1, 2]);
+    let body = call(app, &token, COMPLETE, upload_id).await;
+    assert_eq!(error_code(&body), "UPLOAD_PARTS_MISSING");
+    assert_eq!(body["errors"][0]["extensions"]["missingParts"], json!([1, 2]));
+
+    put_ok(app, &url_of(&state["missing"], 1), &file[..SMALL_PART as usize]).await;
+    let state = upload_parts(app, upload_id).await;
+    assert_eq!(numbers(&state["completed"]), [1]);
+    assert_eq!(
+        state["completed"][0]["etag"],
+        etag_of(&file[..SMALL_PART as usize])
+    );
+    assert_eq!(numbers(&state["missing"]), [2]);
+}
+
 /// An upload left unassembled past its expiry is aborted in the store by the sweeper and
 /// failed with a reason; a second sweep finds nothing.
 async fn the_sweeper_ends_abandoned_uploads(app: &TestApp) {
