@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -28,8 +28,12 @@ const UPLOAD_PARTS: &str = "query($t: String!, $id: String!) { uploadParts(tenan
 const COMPLETE: &str =
     "mutation($t: String!, $id: String!) { completeMultipartUpload(tenantId: $t, uploadId: $id) }";
 
-/// A part URL this close to its expiry (seconds) is asked for again before it is used.
-const URL_MARGIN_SECS: i64 = 60;
+/// A part URL this close to its expiry (seconds, by the server's clock) is asked for again
+/// before it is used: the store checks the expiry when a PUT starts.
+const URL_MARGIN_SECS: i64 = 10;
+/// Asked for again early at most this often: with URLs that live shorter than the margin,
+/// or a clock far from the server's, each part would otherwise ask (a 403 still does).
+const EARLY_REFRESH_PAUSE: Duration = Duration::from_secs(30);
 
 /// One attempt at a part may take this long plus a second per 16 KiB: a stalled connection
 /// is given up and retried rather than waited on forever.
@@ -361,7 +365,12 @@ type Urls = HashMap<u32, (String, Option<DateTime<Utc>>)>;
 struct PartUrls {
     tenant: String,
     upload_id: String,
-    urls: tokio::sync::Mutex<Urls>,
+    state: tokio::sync::Mutex<UrlState>,
+}
+
+struct UrlState {
+    urls: Urls,
+    refreshed: Option<Instant>,
 }
 
 impl PartUrls {
@@ -369,30 +378,40 @@ impl PartUrls {
         Self {
             tenant: tenant.to_owned(),
             upload_id: upload_id.to_owned(),
-            urls: tokio::sync::Mutex::new(urls_of(parts)),
+            state: tokio::sync::Mutex::new(UrlState {
+                urls: urls_of(parts),
+                refreshed: None,
+            }),
         }
     }
 
     async fn knows(&self, number: u32) -> bool {
-        self.urls.lock().await.contains_key(&number)
+        self.state.lock().await.urls.contains_key(&number)
     }
 
-    /// The URL to PUT part `number` to, or `None` when the store holds the part already.
+    /// The URL to PUT part `number` to (a new one when `fresh`), or `None` when the store
+    /// holds the part already.
     async fn get(&self, client: &Client, number: u32, fresh: bool) -> Result<Option<String>, ClientError> {
         // Held while asking the server, so that parts waiting for a URL ask once between them.
-        let mut urls = self.urls.lock().await;
+        let mut state = self.state.lock().await;
+        // Every part to send starts with a URL; only a refresh drops one, for a stored part.
+        let Some((url, expires)) = state.urls.get(&number) else {
+            return Ok(None);
+        };
         let soon = Utc::now() + chrono::TimeDelta::seconds(URL_MARGIN_SECS);
-        let usable = urls
-            .get(&number)
-            .filter(|(_, expires)| expires.is_none_or(|at| at > soon));
-        if let (false, Some((url, _))) = (fresh, usable) {
+        let expiring = expires.is_some_and(|at| at <= soon);
+        let asked_lately = state
+            .refreshed
+            .is_some_and(|at| at.elapsed() < EARLY_REFRESH_PAUSE);
+        if !fresh && (!expiring || asked_lately) {
             return Ok(Some(url.clone()));
         }
         let data = client
             .gql(UPLOAD_PARTS, json!({ "t": self.tenant, "id": self.upload_id }))
             .await?;
-        *urls = urls_of(&data["uploadParts"]["missing"]);
-        Ok(urls.get(&number).map(|(url, _)| url.clone()))
+        state.urls = urls_of(&data["uploadParts"]["missing"]);
+        state.refreshed = Some(Instant::now());
+        Ok(state.urls.get(&number).map(|(url, _)| url.clone()))
     }
 }
 

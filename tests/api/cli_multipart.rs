@@ -402,6 +402,9 @@ enum Past {
     Fail,
     /// Never answered, as a link that went dead.
     Hold,
+    /// The first one waits this long, then the gate opens and lets it through: a slow link
+    /// that outlives the part's URL.
+    Stall(Duration),
 }
 
 /// A proxy in front of the server's part URLs (the app's public URL points at it): part
@@ -414,6 +417,8 @@ struct Gate {
     passed: AtomicUsize,
     /// Part PUTs failed or held.
     stopped: AtomicUsize,
+    /// Part PUTs the store refused with 403.
+    forbidden: AtomicUsize,
     changed: tokio::sync::Notify,
     http: reqwest::Client,
 }
@@ -458,6 +463,10 @@ async fn forward(State(gate): State<Arc<Gate>>, request: axum::extract::Request)
         gate.count(&gate.stopped);
         match gate.past {
             Past::Hold => return std::future::pending().await,
+            Past::Stall(pause) => {
+                tokio::time::sleep(pause).await;
+                gate.open();
+            }
             Past::Fail => {
                 // Read first, so that the client gets the answer rather than a reset.
                 let _ = axum::body::to_bytes(request.into_body(), usize::MAX).await;
@@ -487,6 +496,9 @@ async fn forward(State(gate): State<Arc<Gate>>, request: axum::extract::Request)
     if is_part && status.is_success() {
         gate.count(&gate.passed);
     }
+    if is_part && status == axum::http::StatusCode::FORBIDDEN {
+        gate.count(&gate.forbidden);
+    }
     let mut answer = (status, bytes).into_response();
     *answer.headers_mut() = headers;
     answer
@@ -494,11 +506,21 @@ async fn forward(State(gate): State<Arc<Gate>>, request: axum::extract::Request)
 
 /// An app whose part URLs lead through a gate letting `allowance` parts through.
 async fn gated_app(allowance: usize, past: Past) -> (TestApp, Arc<Gate>) {
+    gated_app_with(allowance, past, |_| {}).await
+}
+
+/// The same after `configure` adjusted the app's settings.
+async fn gated_app_with(
+    allowance: usize,
+    past: Past,
+    configure: impl FnOnce(&mut fleetload::config::Settings),
+) -> (TestApp, Arc<Gate>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
     let app = spawn_app_with(Backend::Sqlite, |s| {
         small_parts(s);
         s.public_url = Some(proxy);
+        configure(s);
     })
     .await;
     let gate = Arc::new(Gate {
@@ -507,6 +529,7 @@ async fn gated_app(allowance: usize, past: Past) -> (TestApp, Arc<Gate>) {
         past,
         passed: AtomicUsize::new(0),
         stopped: AtomicUsize::new(0),
+        forbidden: AtomicUsize::new(0),
         changed: tokio::sync::Notify::new(),
         http: reqwest::Client::new(),
     });
@@ -601,6 +624,39 @@ async fn a_part_the_store_keeps_refusing_stops_the_transfer_with_the_resume_comm
     gate.open();
     let resume = printed_resume_command(&stderr);
     assert_resumed(&app, &run_in_shell(&resume).await, &id, 2, &bytes, PART).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_url_that_expires_on_a_slow_link_is_issued_again_and_the_upload_completes() {
+    // URLs live 2 s; part 3 reaches the store 4 s after it left.
+    let (app, gate) = gated_app_with(2, Past::Stall(Duration::from_secs(4)), |s| {
+        s.upload_url_ttl_secs = 2;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = devices(31, 4000, &[]);
+    let file = write(dir.path(), "devices.csv", &bytes);
+    let server = format!("http://{}", app.address);
+
+    let out = command(
+        base_args_for(&app, &server),
+        &upload_args(file.to_str().unwrap(), "1"),
+    )
+    .output()
+    .await
+    .unwrap();
+
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        gate.forbidden.load(Ordering::SeqCst) >= 1,
+        "the late part was refused as expired"
+    );
+    assert!(
+        stdout.contains("COMPLETED: 4000 of 4000 rows processed, 4000 succeeded, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(stored_sha256(&app, &upload_id(&stdout)).await, sha256(&bytes));
 }
 
 /// On S3 (moto) parts are at least 5 MiB: two parts, the first sent before the "restart".
