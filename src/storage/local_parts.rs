@@ -2,10 +2,10 @@
 //! with the part's MD5 as `ETag`, parts listed from disk, and assembly that streams the parts
 //! into a temporary file renamed into place, so the object is either as it was or whole.
 //!
-//! Layout: `.multipart/<upload id>/key` names the object; each part is
-//! `.multipart/<upload id>/part-<number>.<md5 hex>`.
+//! Layout: `.multipart/<upload id>/key` names the object; each upload of a part is
+//! `.multipart/<upload id>/part-<number>.<version>.<md5 hex>`, the newest version counting.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::{Body, BodyDataStream};
@@ -35,6 +35,60 @@ fn valid_upload_id(id: &str) -> bool {
 
 fn part_prefix(part_number: u32) -> String {
     format!("part-{part_number:05}.")
+}
+
+/// One upload of a part. Versions order the uploads of one part number (the clock in
+/// nanoseconds when it was stored; the MD5 breaks a tie), so every request agrees on which
+/// is the newest without any lock.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PartFile {
+    number: u32,
+    version: u64,
+    md5: String,
+}
+
+impl PartFile {
+    fn name(&self) -> String {
+        format!("{}{:020}.{}", part_prefix(self.number), self.version, self.md5)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        let (number, rest) = name.strip_prefix("part-")?.split_once('.')?;
+        let (version, md5) = rest.split_once('.')?;
+        Some(Self {
+            number: number.parse().ok()?,
+            version: version.parse().ok()?,
+            md5: md5.to_owned(),
+        })
+    }
+}
+
+/// Every part file in the upload's directory with its size; `NoSuchUpload` when the
+/// directory went away before or during the listing (a complete or abort moved it: it never
+/// comes back, so its absence afterwards tells a listing cut short).
+async fn part_files(dir: &Path, upload_id: &str) -> Result<Vec<(PartFile, u64)>, StorageError> {
+    let gone = || StorageError::NoSuchUpload(upload_id.to_owned());
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut files = Vec::new();
+    while let Some(entry) = entries.next_entry().await? {
+        let Some(part) = entry.file_name().to_str().and_then(PartFile::parse) else {
+            continue;
+        };
+        match entry.metadata().await {
+            Ok(meta) => files.push((part, meta.len())),
+            // Replaced by a newer upload meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !tokio::fs::try_exists(dir.join(KEY_FILE)).await? {
+        return Err(gone());
+    }
+    Ok(files)
 }
 
 impl LocalStore {
@@ -113,53 +167,19 @@ impl LocalStore {
         upload_id: &str,
     ) -> Result<Vec<StoredPart>, StorageError> {
         let dir = self.open_upload(key, upload_id).await?;
-        // Per part number the newest file: an older one is only left by a replacement that
-        // was cut off before it removed it.
-        let mut newest: std::collections::BTreeMap<u32, (std::time::SystemTime, StoredPart)> =
-            Default::default();
-        let gone = || StorageError::NoSuchUpload(upload_id.to_owned());
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(gone()),
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name();
-            let Some((number, md5)) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("part-"))
-                .and_then(|n| n.split_once('.'))
-            else {
-                continue;
-            };
-            let Ok(part_number) = number.parse::<u32>() else {
-                continue;
-            };
-            let meta = match entry.metadata().await {
-                Ok(meta) => meta,
-                // Replaced meanwhile.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let modified = meta.modified()?;
-            let part = StoredPart {
-                part_number,
-                size: meta.len(),
-                etag: format!("\"{md5}\""),
-            };
-            let keep = newest.get(&part_number).is_none_or(|(at, _)| modified >= *at);
-            if keep {
-                newest.insert(part_number, (modified, part));
+        let mut newest: std::collections::BTreeMap<u32, (PartFile, u64)> = Default::default();
+        for (part, size) in part_files(&dir, upload_id).await? {
+            if newest.get(&part.number).is_none_or(|(kept, _)| part > *kept) {
+                newest.insert(part.number, (part, size));
             }
-        }
-        // A complete or abort that took the directory away meanwhile may have cut the
-        // listing short; it never comes back, so its absence now tells.
-        if !tokio::fs::try_exists(dir.join(KEY_FILE)).await? {
-            return Err(gone());
         }
         Ok(newest
             .into_values()
-            .map(|(_, part)| part)
+            .map(|(part, size)| StoredPart {
+                part_number: part.number,
+                size,
+                etag: format!("\"{}\"", part.md5),
+            })
             .take(MAX_PARTS as usize)
             .collect())
     }
@@ -173,12 +193,23 @@ impl LocalStore {
         let dir = self.open_upload(key, upload_id).await?;
         let target = self.path_of(key)?;
         let temp = self.temp_path();
+        let files = part_files(&dir, upload_id).await?;
         let assembled = async {
             let mut out = tokio::fs::File::create(&temp).await?;
             for part in parts {
                 let md5 = part.etag.trim_matches('"');
-                let path = dir.join(format!("{}{md5}", part_prefix(part.part_number)));
-                let mut file = match tokio::fs::File::open(&path).await {
+                // The newest upload of the part with the listed content.
+                let Some((file, _)) = files
+                    .iter()
+                    .filter(|(f, _)| f.number == part.part_number && f.md5 == md5)
+                    .max()
+                else {
+                    return Err(StorageError::NotFound(format!(
+                        "part {} ({}) of {upload_id}",
+                        part.part_number, part.etag
+                    )));
+                };
+                let mut file = match tokio::fs::File::open(dir.join(file.name())).await {
                     Ok(file) => file,
                     // A concurrent complete or abort took the whole upload away.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {
@@ -267,24 +298,26 @@ impl LocalStore {
                 return Err(S3Error::incomplete_body());
             }
             file.sync_all().await.map_err(S3Error::internal)?;
-            let md5 = hex::encode(md5.finalize());
-            let prefix = part_prefix(grant.part_number);
-            let name = format!("{prefix}{md5}");
-            match tokio::fs::rename(&temp, dir.join(&name)).await {
+            let ours = PartFile {
+                number: grant.part_number,
+                version: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                md5: hex::encode(md5.finalize()),
+            };
+            match tokio::fs::rename(&temp, dir.join(ours.name())).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(S3Error::no_such_upload()),
                 Err(e) => return Err(S3Error::internal(e)),
             }
-            // The part replaces any earlier upload of the same number.
-            if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
-                while let Ok(Some(entry)) = entries.next_entry().await {
-                    let other = entry.file_name();
-                    let other = other.to_string_lossy();
-                    if other.starts_with(&prefix) && other != name {
-                        let _ = tokio::fs::remove_file(entry.path()).await;
-                    }
+            // Older uploads of the part are of no use any more; newer ones (a concurrent
+            // upload) stay, so the newest always survives.
+            if let Ok(files) = part_files(&dir, grant.upload_id).await {
+                for (older, _) in files.iter().filter(|(f, _)| f.number == ours.number && *f < ours) {
+                    let _ = tokio::fs::remove_file(dir.join(older.name())).await;
                 }
             }
+            let md5 = ours.md5;
             Ok::<String, S3Error>(format!("\"{md5}\""))
         }
         .await;
@@ -375,14 +408,18 @@ mod tests {
     }
 
     /// Writes a part file as the PUT route leaves it; returns its listing.
-    fn write_part(store: &LocalStore, upload_id: &str, n: u32, bytes: &[u8]) -> StoredPart {
-        let md5 = hex::encode(Md5::digest(bytes));
+    fn write_part(store: &LocalStore, upload_id: &str, n: u32, version: u64, bytes: &[u8]) -> StoredPart {
+        let file = PartFile {
+            number: n,
+            version,
+            md5: hex::encode(Md5::digest(bytes)),
+        };
         let dir = store.multipart_dir(upload_id).unwrap();
-        std::fs::write(dir.join(format!("{}{md5}", part_prefix(n))), bytes).unwrap();
+        std::fs::write(dir.join(file.name()), bytes).unwrap();
         StoredPart {
             part_number: n,
             size: bytes.len() as u64,
-            etag: format!("\"{md5}\""),
+            etag: format!("\"{}\"", file.md5),
         }
     }
 
@@ -394,8 +431,8 @@ mod tests {
         std::fs::create_dir_all(root.path().join("uploads")).unwrap();
         std::fs::write(root.path().join(key), b"old").unwrap();
         let id = store.create_multipart(key).await.unwrap();
-        let one = write_part(&store, &id, 1, b"hello ");
-        let two = write_part(&store, &id, 2, b"world");
+        let one = write_part(&store, &id, 1, 1, b"hello ");
+        let two = write_part(&store, &id, 2, 1, b"world");
         assert_eq!(
             store.list_parts(key, &id).await.unwrap(),
             [one.clone(), two.clone()]
@@ -429,7 +466,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_upload_is_listed_only_under_its_own_key_and_the_newest_file_of_a_part_wins() {
+    async fn an_upload_is_listed_only_under_its_own_key_and_the_newest_version_of_a_part_wins() {
         let root = tempfile::tempdir().unwrap();
         let store = store(root.path());
         let id = store.create_multipart("uploads/a.csv").await.unwrap();
@@ -441,18 +478,36 @@ mod tests {
             store.list_parts("uploads/a.csv", "../../etc").await,
             Err(StorageError::NoSuchUpload(_))
         ));
-        // A replacement cut off before it removed the older file: both are on disk.
-        let first = write_part(&store, &id, 1, b"first try");
-        let dir = store.multipart_dir(&id).unwrap();
-        let md5 = first.etag.trim_matches('"');
-        std::fs::File::options()
-            .write(true)
-            .open(dir.join(format!("{}{md5}", part_prefix(1))))
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
-            .unwrap();
-        let again = write_part(&store, &id, 1, b"second");
+        // A replacement cut off before it removed the older file: both are on disk, and
+        // the version decides, not the order of the directory.
+        let again = write_part(&store, &id, 1, 7, b"second");
+        write_part(&store, &id, 1, 3, b"first try");
         assert_eq!(store.list_parts("uploads/a.csv", &id).await.unwrap(), [again]);
+    }
+
+    #[test]
+    fn part_file_names_round_trip_and_order_by_number_then_version() {
+        let file = PartFile {
+            number: 12,
+            version: 1_764_600_000_123_456_789,
+            md5: "5d41402abc4b2a76b9719d911017c592".into(),
+        };
+        assert_eq!(
+            file.name(),
+            "part-00012.01764600000123456789.5d41402abc4b2a76b9719d911017c592"
+        );
+        assert_eq!(PartFile::parse(&file.name()), Some(file.clone()));
+        assert_eq!(PartFile::parse("key"), None);
+        assert_eq!(
+            PartFile::parse("part-00012.5d41402abc4b2a76b9719d911017c592"),
+            None
+        );
+        let newer = PartFile {
+            version: file.version + 1,
+            md5: "0".into(),
+            ..file.clone()
+        };
+        assert!(newer > file);
     }
 
     #[test]

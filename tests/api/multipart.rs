@@ -445,6 +445,62 @@ async fn a_part_url_is_good_for_its_own_key_part_and_size_only() {
     put_ok(&app, &url, part).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_part_uploaded_again_replaces_the_earlier_one_even_when_two_race() {
+    let app = spawn_app_with(Backend::Sqlite, small_parts).await;
+    let file = csv_file(10, 100, 0);
+    let prepared = prepare(&app, 100, &file, Some(SMALL_PART)).await;
+    let upload_id = prepared["uploadId"].as_str().unwrap();
+    let url = url_of(&prepared["parts"], 1);
+    let (key, store_id) = store_ids(&app, upload_id).await;
+    let part_files = || {
+        std::fs::read_dir(app.data_dir.path().join("objects/.multipart").join(&store_id))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("part-00001.")
+            })
+            .count()
+    };
+    let other = vec![b'x'; SMALL_PART as usize];
+    put_ok(&app, &url, &other).await;
+    let right = &file[..SMALL_PART as usize];
+    put_ok(&app, &url, right).await;
+    assert_eq!(part_files(), 1, "the older upload of the part is removed");
+    assert_eq!(
+        upload_parts(&app, upload_id).await["completed"][0]["etag"],
+        etag_of(right)
+    );
+
+    let (a, b) = tokio::join!(put(&app, &url, other.clone()), put(&app, &url, right.to_vec()));
+    assert_eq!(
+        (a.status(), b.status()),
+        (reqwest::StatusCode::OK, reqwest::StatusCode::OK)
+    );
+    let state = upload_parts(&app, upload_id).await;
+    assert_eq!(numbers(&state["completed"]), [1], "one of the two stays: {state}");
+    let kept = state["completed"][0]["etag"].as_str().unwrap().to_owned();
+    assert!(kept == etag_of(right) || kept == etag_of(&other), "{kept}");
+    // What is listed is what gets assembled.
+    put_ok(&app, &url_of(&prepared["parts"], 2), &file[SMALL_PART as usize..]).await;
+    let body = call(&app, &app.alice(), COMPLETE, upload_id).await;
+    assert_eq!(body, json!({"data": {"completeMultipartUpload": "PREPARED"}}));
+    let mut object = Vec::new();
+    app.state
+        .storage
+        .get(&key)
+        .await
+        .unwrap()
+        .read_to_end(&mut object)
+        .await
+        .unwrap();
+    assert_eq!(etag_of(&object[..SMALL_PART as usize]), kept);
+    assert_eq!(&object[SMALL_PART as usize..], &file[SMALL_PART as usize..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_may_put_parts_cross_origin_and_read_their_etag() {
     let app = spawn_app_with(Backend::Sqlite, small_parts).await;
