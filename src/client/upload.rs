@@ -63,7 +63,7 @@ const FINALIZE: &str = "mutation($t: String!, $id: String!, $w: String) { finali
 const REPORT: &str = "query($t: String!, $id: String!) { upload(tenantId: $t, uploadId: $id) { errorReport { url } errorReportStatus } }";
 
 /// The server's code for a multipart upload whose parts are one object already.
-pub(super) const ALREADY_ASSEMBLED: &str = "MULTIPART_ALREADY_COMPLETED";
+const ALREADY_ASSEMBLED: &str = "MULTIPART_ALREADY_COMPLETED";
 
 /// How long `--report` waits for the background builder to store a pending report.
 const REPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
