@@ -3,6 +3,10 @@
 
 mod follow;
 mod listing;
+mod multipart;
+mod part_plan;
+mod resume_command;
+mod transfer_progress;
 mod upload;
 
 use std::process::ExitCode;

@@ -11,49 +11,61 @@ async fn app() -> TestApp {
     spawn_app_with(Backend::Sqlite, |s| s.workers = Some(2)).await
 }
 
-fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_fleetload")
 }
 
 /// The client's arguments for `app`: its URL, and its data dir for the dev token.
 fn base_args(app: &TestApp) -> Vec<String> {
+    base_args_for(app, &app.url)
+}
+
+/// The same against `server`, which may be another address of the app.
+pub(crate) fn base_args_for(app: &TestApp, server: &str) -> Vec<String> {
     vec![
         "--data-dir".into(),
         app.data_dir.path().display().to_string(),
         "--server".into(),
-        app.url.clone(),
+        server.to_owned(),
     ]
 }
 
-async fn run(app: &TestApp, args: &[&str]) -> Output {
-    // The subcommand first: `--server` is one of its own flags.
+/// The binary with `args`, the client's arguments after the subcommand (`--server` is one
+/// of its own flags), and no token or server from the environment.
+pub(crate) fn command(base: Vec<String>, args: &[&str]) -> tokio::process::Command {
     let mut all = vec![args[0].to_owned()];
-    all.extend(base_args(app));
+    all.extend(base);
     all.extend(args[1..].iter().map(|s| s.to_string()));
-    tokio::process::Command::new(bin())
+    let mut command = tokio::process::Command::new(bin());
+    command
         .args(&all)
         .env_remove("FLEETLOAD_TOKEN")
-        .env_remove("FLEETLOAD_SERVER")
+        .env_remove("FLEETLOAD_SERVER");
+    command
+}
+
+pub(crate) async fn run(app: &TestApp, args: &[&str]) -> Output {
+    command(base_args(app), args)
         .output()
         .await
         .expect("the fleetload binary runs")
 }
 
-fn text(output: &Output) -> (String, String) {
+pub(crate) fn text(output: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     path
 }
 
 /// `n` valid IMEIs with `bad` rows (1-based numbers) replaced by invalid keys.
-fn devices(seed: u64, n: usize, bad: &[usize]) -> Vec<u8> {
+pub(crate) fn devices(seed: u64, n: usize, bad: &[usize]) -> Vec<u8> {
     let mut keys = imeis(seed, n);
     for &row in bad {
         keys[row - 1] = format!("bad{row}");
@@ -61,7 +73,7 @@ fn devices(seed: u64, n: usize, bad: &[usize]) -> Vec<u8> {
     csv("imei", &keys)
 }
 
-fn upload_id(stdout: &str) -> String {
+pub(crate) fn upload_id(stdout: &str) -> String {
     stdout
         .split_whitespace()
         .nth(1)
@@ -285,7 +297,7 @@ async fn upload_exit_codes_report_status_and_uploads() {
 }
 
 /// tmux, or `None` (with a loud message) outside CI; under CI it must be there.
-fn tmux() -> Option<&'static str> {
+pub(crate) fn tmux() -> Option<&'static str> {
     let found = std::process::Command::new("tmux")
         .arg("-V")
         .output()
@@ -301,21 +313,14 @@ fn tmux() -> Option<&'static str> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn upload_under_a_terminal_draws_the_progress_bar() {
-    let Some(tmux) = tmux() else { return };
-    let app = app().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(dir.path(), "big.csv", &devices(13, 20_000, &[17]));
-    let done = dir.path().join("exit-code");
-    let session = format!("fleetload-test-{}", std::process::id());
-    let command = format!(
-        "{} upload {} {} --action register-prepaid --workflow {DEMO_WORKFLOW}; echo $? > {}; sleep 600",
-        bin(),
-        base_args(&app).join(" "),
-        file.display(),
-        done.display()
-    );
+/// Runs the binary with `args` (as shell words) in a detached tmux session of 160 × 20, waits
+/// for it to exit, and answers its exit code (`None` after two minutes) and the final pane.
+pub(crate) async fn in_terminal(tmux: &str, args: &str, dir: &Path) -> (Option<String>, String) {
+    static SESSIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let session = format!("fleetload-test-{}-{n}", std::process::id());
+    let done = dir.join(format!("exit-code-{n}"));
+    let command = format!("{} {args}; echo $? > {}; sleep 600", bin(), done.display());
     let status = tokio::process::Command::new(tmux)
         .args([
             "new-session",
@@ -349,7 +354,25 @@ async fn upload_under_a_terminal_draws_the_progress_bar() {
         .args(["kill-session", "-t", &session])
         .status()
         .await;
-    let pane = String::from_utf8_lossy(&pane.stdout).into_owned();
+    (code, String::from_utf8_lossy(&pane.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_under_a_terminal_draws_the_progress_bar() {
+    let Some(tmux) = tmux() else { return };
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "big.csv", &devices(13, 20_000, &[17]));
+    let (code, pane) = in_terminal(
+        tmux,
+        &format!(
+            "upload {} {} --action register-prepaid --workflow {DEMO_WORKFLOW}",
+            base_args(&app).join(" "),
+            file.display(),
+        ),
+        dir.path(),
+    )
+    .await;
     assert_eq!(
         code.as_deref(),
         Some("2"),

@@ -68,6 +68,8 @@ pub const ACME_WORKFLOW: &str = "68a5ae7a4cb9e87b88b7d346";
 /// database and data dir.
 pub struct TestApp {
     pub url: String,
+    /// Where the server listens (`url` is its public URL, which a test may put elsewhere).
+    pub address: std::net::SocketAddr,
     pub http: reqwest::Client,
     pub state: AppState,
     pub pipeline: Arc<Pipeline>,
@@ -135,6 +137,7 @@ async fn start(
         .await
         .expect("app builds");
     let url = app.public_url().as_str().trim_end_matches('/').to_owned();
+    let address = app.address();
     let state = app.state().clone();
     let pipeline = app.pipeline().clone();
     let worker_db = app.worker_db().clone();
@@ -144,6 +147,7 @@ async fn start(
     }));
     TestApp {
         url,
+        address,
         http: reqwest::Client::new(),
         state,
         pipeline,

@@ -11,6 +11,7 @@ mod browser;
 mod cancel;
 mod chunk_identity;
 mod cli;
+mod cli_multipart;
 mod console;
 mod error_report;
 mod fair_sqs;
