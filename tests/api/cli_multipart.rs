@@ -12,10 +12,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use crate::cli::{base_args_for, command, devices, run, text, upload_id, write};
 use crate::helpers::{Backend, DEMO_WORKFLOW, TestApp, spawn_app_with};
+use crate::multipart;
 
 /// Parts of 8 KiB: a few thousand rows make a handful of parts.
 const PART: usize = 8 * 1024;
@@ -23,8 +23,6 @@ const PART: usize = 8 * 1024;
 const PREPARE_MULTIPART: &str = "mutation($size: Int!, $ps: Int, $n: Int!) { prepareMultipartUpload(tenantId: \"demo\", \
     assignActionId: \"register-prepaid\", rowCount: $n, deviceType: 1, workflowId: \"68a5ae7a4cb9e87b88b7d344\", \
     fileSize: $size, partSize: $ps) { uploadId partSize parts { partNumber url expiresAt } } }";
-const UPLOAD_PARTS: &str = "query($id: String!) { uploadParts(tenantId: \"demo\", uploadId: $id) { \
-    partSize completed { partNumber size etag } missing { partNumber url } } }";
 
 /// Parts as small as 1 KiB (the embedded store's minimum is a setting) and workers running.
 fn small_parts(s: &mut fleetload::config::Settings) {
@@ -43,10 +41,7 @@ fn sha256(bytes: &[u8]) -> String {
 /// SHA-256 of the file the pipeline read: the upload's immutable snapshot.
 async fn stored_sha256(app: &TestApp, upload_id: &str) -> String {
     let key = fleetload::storage::snapshot_key(&app.upload_row(upload_id).await.object_key);
-    let mut reader = app.state.storage.get(&key).await.unwrap();
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.unwrap();
-    sha256(&bytes)
+    multipart::stored_sha256(app, &key).await
 }
 
 /// The arguments of a multipart upload of `file` in parts of 8 KiB.
@@ -86,34 +81,13 @@ async fn prepare_multipart(app: &TestApp, rows: usize, bytes: &[u8], part_size: 
 
 /// PUTs part `number` of `bytes` to its URL, as S3 takes it.
 async fn put_part(app: &TestApp, parts: &Value, number: usize, bytes: &[u8], part_size: usize) {
-    let url = parts
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["partNumber"] == number)
-        .unwrap_or_else(|| panic!("no part {number} in {parts}"))["url"]
-        .as_str()
-        .unwrap();
     let slice = &bytes[(number - 1) * part_size..(number * part_size).min(bytes.len())];
-    let response = app.http.put(url).body(slice.to_vec()).send().await.unwrap();
-    assert!(
-        response.status().is_success(),
-        "part {number}: {}",
-        response.status()
-    );
+    multipart::put_ok(app, &multipart::url_of(parts, number as u64), slice).await;
 }
 
 /// The part numbers the store holds, and the upload's status.
 async fn stored_parts(app: &TestApp, upload_id: &str) -> (Vec<u64>, String) {
-    let body = app
-        .gql(Some(&app.alice()), UPLOAD_PARTS, json!({ "id": upload_id }))
-        .await;
-    let mut numbers: Vec<u64> = body["data"]["uploadParts"]["completed"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{body}"))
-        .iter()
-        .map(|p| p["partNumber"].as_u64().unwrap())
-        .collect();
+    let mut numbers = multipart::numbers(&multipart::upload_parts(app, upload_id).await["completed"]);
     numbers.sort_unstable();
     let body = app
         .gql(

@@ -54,7 +54,7 @@ async fn call(app: &TestApp, token: &str, query: &str, upload_id: &str) -> Value
         .await
 }
 
-async fn upload_parts(app: &TestApp, upload_id: &str) -> Value {
+pub(crate) async fn upload_parts(app: &TestApp, upload_id: &str) -> Value {
     let body = call(app, &app.alice(), PARTS, upload_id).await;
     assert!(body.get("errors").is_none(), "{body}");
     body["data"]["uploadParts"].clone()
@@ -65,7 +65,7 @@ async fn put(app: &TestApp, url: &str, bytes: Vec<u8>) -> reqwest::Response {
 }
 
 /// PUTs a part and checks the store's answer: 200 and the part's MD5 as `ETag`.
-async fn put_ok(app: &TestApp, url: &str, bytes: &[u8]) {
+pub(crate) async fn put_ok(app: &TestApp, url: &str, bytes: &[u8]) {
     let resp = put(app, url, bytes.to_vec()).await;
     let status = resp.status();
     let etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
@@ -77,7 +77,7 @@ fn etag_of(bytes: &[u8]) -> String {
     format!("\"{}\"", hex::encode(Md5::digest(bytes)))
 }
 
-fn url_of(parts: &Value, number: u64) -> String {
+pub(crate) fn url_of(parts: &Value, number: u64) -> String {
     parts
         .as_array()
         .unwrap()
@@ -89,7 +89,7 @@ fn url_of(parts: &Value, number: u64) -> String {
         .to_owned()
 }
 
-fn numbers(parts: &Value) -> Vec<u64> {
+pub(crate) fn numbers(parts: &Value) -> Vec<u64> {
     parts
         .as_array()
         .unwrap()
@@ -110,7 +110,7 @@ async fn store_ids(app: &TestApp, upload_id: &str) -> (String, String) {
     (upload.object_key, multipart.store_upload_id)
 }
 
-async fn stored_sha256(app: &TestApp, key: &str) -> String {
+pub(crate) async fn stored_sha256(app: &TestApp, key: &str) -> String {
     let mut reader = app.state.storage.get(key).await.unwrap();
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).await.unwrap();
