@@ -124,7 +124,21 @@ pub async fn apply_chunk(
         .collect();
     let keys: Vec<&str> = inputs.iter().filter_map(RowInput::lookup_key).collect();
     let mark = Instant::now();
-    let devices = load_devices(&txn, ctx.device_type, &keys).await?;
+    // PostgreSQL, when every keyed row would create its device if none existed (REGISTER,
+    // the bulk case of new devices): no lookup first. The devices go in by `COPY`, and only
+    // rows whose device turns out to exist are looked up and decided again below, as for a
+    // device another upload created meanwhile. A chunk of new devices saves the lookup; one
+    // of existing devices pays a failed `COPY` on top of it.
+    let create_first = txn.get_database_backend() == DbBackend::Postgres
+        && inputs
+            .iter()
+            .filter(|row| row.lookup_key().is_some())
+            .all(|row| decide(row, None, &ctx) == Decision::Success(Effect::Create));
+    let devices = if create_first {
+        HashMap::new()
+    } else {
+        load_devices(&txn, ctx.device_type, &keys).await?
+    };
     let lookup = mark.elapsed();
     let mut decisions: Vec<Decision> = inputs
         .iter()
@@ -137,8 +151,9 @@ pub async fn apply_chunk(
         .collect();
     if !to_create.is_empty() {
         let created = create_devices(&txn, &ctx, &inputs, &to_create, now).await?;
-        // Another upload created some of these keys since they were looked up: decide those
-        // rows again against the device that now exists (never a unique-key failure).
+        // Some of these keys exist (created by another upload since they were looked up, or
+        // not looked up at all): decide those rows again against the device that exists
+        // (never a unique-key failure).
         let raced: Vec<usize> = to_create
             .into_iter()
             .filter(|&i| inputs[i].lookup_key().is_some_and(|k| !created.contains(k)))
@@ -324,8 +339,9 @@ async fn create_devices(
     let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
     let mut created = HashSet::with_capacity(rows.len());
     if backend == DbBackend::Postgres {
-        // COPY under a savepoint: a key another upload created since the lookup (committed,
-        // or committing while this waits on it) fails the whole COPY. Rolled back to the
+        // COPY under a savepoint: a key that exists (not looked up, or created by another
+        // upload since the lookup, committed or committing while this waits on it) fails the
+        // whole COPY. Rolled back to the
         // savepoint, the chunk's devices go in by the insert that skips such keys instead,
         // and their rows are decided again by the caller.
         txn.execute_unprepared("SAVEPOINT create_devices").await?;
@@ -342,7 +358,7 @@ async fn create_devices(
                 return Ok(created);
             }
             Err(e) if is_unique_violation(&e) => {
-                tracing::debug!("a device of the chunk was created meanwhile; inserting around it");
+                tracing::debug!("a device of the chunk exists; inserting around it");
                 txn.execute_unprepared(
                     "ROLLBACK TO SAVEPOINT create_devices; RELEASE SAVEPOINT create_devices",
                 )
