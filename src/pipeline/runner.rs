@@ -234,8 +234,7 @@ impl Pipeline {
         }
         // Nothing to do: a fan-out paused behind a full window (chunks on SQS) may have room
         // by now.
-        if let Some(table) = self.dispatch.job_table()
-            && self.chunks.job_table().is_none()
+        if let Some(table) = self.windowed_dispatch()
             && !shutdown.is_cancelled()
             && wake_continuations(&self.db, table.queue_name()).await? > 0
             && let Some(delivery) = self
@@ -248,6 +247,14 @@ impl Pipeline {
             return Ok(Step::Done);
         }
         Ok(Step::Empty)
+    }
+
+    /// The dispatch job table, when chunks go elsewhere (SQS) and fan-outs pause behind
+    /// their window.
+    fn windowed_dispatch(&self) -> Option<&crate::queue::DbQueue> {
+        self.dispatch
+            .job_table()
+            .filter(|_| self.chunks.job_table().is_none())
     }
 
     /// Handles one job inside a span naming its upload (public id and tenant), so every
@@ -429,7 +436,18 @@ impl Pipeline {
                         Ok(Next::Done)
                     }
                     // Counted (with its transaction's time) where it committed.
-                    Ok(ChunkOutcome::Applied { .. }) => Ok(Next::Done),
+                    Ok(ChunkOutcome::Applied { .. }) => {
+                        // This chunk may have made room in its upload's paused fan-out
+                        // window: the continuation becomes due now and this worker's next
+                        // step (dispatch jobs first) takes it, instead of after
+                        // `CONTINUE_AFTER` or an idle worker's long poll of the chunk queue.
+                        if let Some(table) = self.windowed_dispatch()
+                            && let Err(e) = wake_continuations(&self.db, table.queue_name()).await
+                        {
+                            tracing::debug!(error = %e, "could not wake paused fan-outs");
+                        }
+                        Ok(Next::Done)
+                    }
                     Err(e) => {
                         crate::metrics::chunk("error", None);
                         Err(JobFailure {
