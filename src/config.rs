@@ -82,8 +82,9 @@ pub struct Settings {
     #[arg(long, env = "FLEETLOAD_SQS_ENDPOINT_URL", global = true)]
     pub sqs_endpoint_url: Option<Url>,
 
-    /// Rows per chunk job: one worker transaction each.
-    #[arg(long, env = "FLEETLOAD_CHUNK_SIZE", default_value_t = 2000, global = true)]
+    /// Rows per chunk job: one worker transaction each (1 to 20,000: a chunk job lists its
+    /// rows that repeat an earlier key, and must stay well under SQS's 256 KiB message).
+    #[arg(long, env = "FLEETLOAD_CHUNK_SIZE", default_value_t = 2000, global = true, value_parser = chunk_size)]
     pub chunk_size: usize,
 
     /// Worker tasks in this process. Default: 2 for `serve` on the embedded default, 0 for
@@ -512,9 +513,28 @@ fn defaults_only_command() -> clap::Command {
     Settings::augment_args(clap::Command::new("fleetload")).mut_args(|arg| arg.env(None))
 }
 
+/// `--chunk-size`: at most 20,000 rows, so a chunk job naming every row of its range as a
+/// repeat (8 bytes each as JSON) still fits an SQS message.
+fn chunk_size(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=20_000).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is not between 1 and 20000")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chunk_size_is_bounded() {
+        assert_eq!(chunk_size("2000"), Ok(2000));
+        assert_eq!(chunk_size("20000"), Ok(20_000));
+        for bad in ["0", "20001", "-1", "many"] {
+            assert!(chunk_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_embedded_command_reads_no_environment_variable() {
