@@ -1,5 +1,6 @@
 //! The console and GraphiQL in a real browser: tests/browser/console.spec.mjs drives Debian's
-//! Chromium (playwright-core, every other origin blocked) against this server. Outside CI it
+//! Chromium (playwright-core, every other origin blocked) against this server;
+//! tests/browser/multipart.spec.mjs uploads a file in parts from a page on another origin. Outside CI it
 //! is skipped, loudly, when Chromium, Node or the npm packages are missing; under CI
 //! (`CI=true`, where .ci/run installs them) it fails instead.
 
@@ -32,14 +33,22 @@ fn missing() -> Option<String> {
     None
 }
 
+/// Whether the browser can run; under CI it must.
+fn browser_ready() -> bool {
+    let Some(what) = missing() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the browser test needs {what} under CI"
+    );
+    eprintln!("\n*** SKIPPED the browser test: {what} is missing ***\n");
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn console_and_graphiql_in_chromium() {
-    if let Some(what) = missing() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the browser test needs {what} under CI"
-        );
-        eprintln!("\n*** SKIPPED the browser test: {what} is missing ***\n");
+    if !browser_ready() {
         return;
     }
     let app = spawn_app_with(Backend::Sqlite, |s| s.workers = Some(2)).await;
@@ -79,4 +88,31 @@ async fn console_and_graphiql_in_chromium() {
         .expect("node runs");
     assert!(status.success(), "the browser test failed (its output is above)");
     eprintln!("screenshots in {}", shots.display());
+}
+
+/// A frontend on another origin uploads a file in parts (tests/browser/multipart.spec.mjs):
+/// the part PUTs and their `ETag`s must pass CORS in a real browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_on_another_origin_uploads_in_parts_in_chromium() {
+    if !browser_ready() {
+        return;
+    }
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.workers = Some(2);
+        s.multipart_min_part_bytes = 1024;
+    })
+    .await;
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("parts.csv");
+    std::fs::write(&path, csv("imei", &imeis(23, 300))).unwrap();
+    let status = tokio::process::Command::new("node")
+        .current_dir(browser_dir())
+        .arg("multipart.spec.mjs")
+        .arg(&app.url)
+        .arg(app.alice())
+        .arg(&path)
+        .status()
+        .await
+        .expect("node runs");
+    assert!(status.success(), "the browser test failed (its output is above)");
 }
