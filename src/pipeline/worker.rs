@@ -336,7 +336,6 @@ async fn create_devices(
     rows.sort_unstable_by(|&a, &b| inputs[a].lookup_key().cmp(&inputs[b].lookup_key()));
     let rows = rows.as_slice();
     let backend = txn.get_database_backend();
-    let workflow = ctx.workflow.as_ref().map(|(id, _)| id.clone());
     let mut created = HashSet::with_capacity(rows.len());
     if backend == DbBackend::Postgres {
         // COPY under a savepoint: a key that exists (not looked up, or created by another
@@ -370,17 +369,11 @@ async fn create_devices(
                              workflow_id, created_at, updated_at) \
                            SELECT $1, $2, u.uid, NULLIF(u.uid2, ''), $3, $4, $5, $6, $7, $7 FROM UNNEST($8::text[], $9::text[]) AS u(uid, uid2) \
                            ORDER BY u.uid ON CONFLICT (device_type, uid) DO NOTHING RETURNING uid";
-        let values = [
-            ctx.target_tenant.clone().into(),
-            ctx.device_type.code().into(),
-            state::READY_FOR_USE.into(),
-            ctx.target_service_type.into(),
-            ctx.brand_id.into(),
-            workflow.into(),
-            now.into(),
+        let mut values = shared_device_values(ctx, now);
+        values.extend([
             text_array(rows.iter().map(|&i| inputs[i].lookup_key().map(str::to_owned))),
             text_array(rows.iter().map(|&i| inputs[i].key2.clone())),
-        ];
+        ]);
         for row in txn.query_all(crate::db::stmt(backend, SQL, values)).await? {
             created.insert(row.try_get::<String>("", "uid")?);
         }
@@ -398,19 +391,24 @@ async fn create_devices(
         .iter()
         .filter_map(|&i| Some((inputs[i].lookup_key()?, inputs[i].key2.as_deref())))
         .collect();
-    let values = [
+    let mut values = shared_device_values(ctx, now);
+    values.push(json_text(&keys)?.into());
+    txn.execute(crate::db::stmt(backend, SQL, values)).await?;
+    created.extend(keys.into_iter().map(|(key, _)| key.to_owned()));
+    Ok(created)
+}
+
+/// `$1` to `$7` of the device inserts: what every device a chunk creates shares.
+fn shared_device_values(ctx: &ActionContext, now: DateTime<Utc>) -> Vec<Value> {
+    vec![
         ctx.target_tenant.clone().into(),
         ctx.device_type.code().into(),
         state::READY_FOR_USE.into(),
         ctx.target_service_type.into(),
         ctx.brand_id.into(),
-        workflow.into(),
+        ctx.workflow.as_ref().map(|(id, _)| id.clone()).into(),
         now.into(),
-        json_text(&keys)?.into(),
-    ];
-    txn.execute(crate::db::stmt(backend, SQL, values)).await?;
-    created.extend(keys.into_iter().map(|(key, _)| key.to_owned()));
-    Ok(created)
+    ]
 }
 
 /// A statement's rows as one JSON parameter, for SQLite's `json_each`.
