@@ -12,6 +12,7 @@ mod scalars;
 mod subscription;
 mod types;
 mod upload_mutation;
+mod upload_object;
 mod upload_query;
 mod upload_results;
 

@@ -5,7 +5,8 @@ use async_graphql::{Context, Object};
 
 use super::context::RequestAuth;
 use super::scalars::AwsJson;
-use super::types::{PrepareBatchUploadPayload, Upload, UploadStatus};
+use super::types::{PrepareBatchUploadPayload, UploadStatus};
+use super::upload_object::Upload;
 use crate::error::{GqlResult, IntoGql};
 use crate::uploads::{self, FinalizeInput, PrepareInput};
 

@@ -6,7 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::context::{RequestAuth, db_permit};
-use super::types::{Upload, UploadStatus};
+use super::types::UploadStatus;
+use super::upload_object::Upload;
 use crate::access;
 use crate::auth::Permission;
 use crate::domain::DeviceType;
