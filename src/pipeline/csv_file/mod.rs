@@ -132,11 +132,7 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
         if verbatim {
             scanner.tape = Some(Tape::default());
         }
-        let mut csv = AsyncReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(BUFFER_BYTES)
-            .create_reader(scanner);
+        let mut csv = parser(scanner);
 
         let mut header = StringRecord::new();
         loop {
@@ -179,11 +175,7 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
     /// rows a read from the start gives there, with the same numbers. No header: `headers`
     /// is empty.
     pub fn resume(reader: R, at: u64, key: usize, key2: Option<usize>, first_row: i32) -> Self {
-        let csv = AsyncReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(BUFFER_BYTES)
-            .create_reader(Scanner::new(Cursor::new(Vec::new()).chain(reader), at));
+        let csv = parser(Scanner::new(Cursor::new(Vec::new()).chain(reader), at));
         Self {
             csv,
             headers: Vec::new(),
@@ -292,6 +284,16 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             Err(err) => Err(file_error(&self.csv, err)),
         }
     }
+}
+
+/// The CSV parser over `scanner`, one dialect for every read: a chunk read from its byte range
+/// must cut rows exactly where the whole file's read did.
+fn parser<R: AsyncRead + Unpin + Send>(scanner: Scanner<R>) -> AsyncReader<Scanner<R>> {
+    AsyncReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(BUFFER_BYTES)
+        .create_reader(scanner)
 }
 
 /// Reads the whole file and counts its data rows, so that a bad file fails its upload before
