@@ -84,6 +84,25 @@ impl S3Store {
             .clone()
             .ok_or_else(|| StorageError::Credentials("no credentials".into()))
     }
+
+    /// GetObject of the whole object, or of the HTTP `range` (`bytes=a-b`).
+    async fn get_object(&self, key: &str, range: Option<String>) -> Result<ObjectReader, StorageError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_range(range)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(err) => Err(s3_error(err)),
+        }
+    }
 }
 
 fn post_url(endpoint: Option<&url::Url>, bucket: &str, region: &str, path_style: bool) -> String {
@@ -270,42 +289,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<ObjectReader, StorageError> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                Err(StorageError::NotFound(key.to_owned()))
-            }
-            Err(err) => Err(s3_error(err)),
-        }
+        self.get_object(key, None).await
     }
 
     async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<ObjectReader, StorageError> {
         if range.is_empty() {
             return Ok(Box::pin(tokio::io::empty()));
         }
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            // HTTP ranges are inclusive.
-            .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                Err(StorageError::NotFound(key.to_owned()))
-            }
-            Err(err) => Err(s3_error(err)),
-        }
+        // HTTP ranges are inclusive.
+        let range = format!("bytes={}-{}", range.start, range.end - 1);
+        self.get_object(key, Some(range)).await
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StorageError> {
