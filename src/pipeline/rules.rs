@@ -50,6 +50,14 @@ pub struct ActionContext {
     pub brand_id: Option<i32>,
 }
 
+impl ActionContext {
+    /// Whether a valid row whose device does not exist succeeds by creating it (REGISTER);
+    /// otherwise it fails `DEVICE_NOT_FOUND`.
+    pub fn creates_missing_devices(&self) -> bool {
+        self.kind == ActionKind::Register
+    }
+}
+
 /// The parts of a stored device the rules look at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceView {
@@ -137,9 +145,10 @@ pub fn decide(row: &RowInput, device: Option<&DeviceView>, ctx: &ActionContext) 
         );
     }
     let Some(device) = device else {
-        return match ctx.kind {
-            ActionKind::Register => Decision::Success(Effect::Create),
-            _ => fail(RowError::DeviceNotFound, "no device with this key".into()),
+        return if ctx.creates_missing_devices() {
+            Decision::Success(Effect::Create)
+        } else {
+            fail(RowError::DeviceNotFound, "no device with this key".into())
         };
     };
     if device.tenant_id != ctx.target_tenant {

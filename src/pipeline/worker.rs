@@ -124,16 +124,13 @@ pub async fn apply_chunk(
         .collect();
     let keys: Vec<&str> = inputs.iter().filter_map(RowInput::lookup_key).collect();
     let mark = Instant::now();
-    // PostgreSQL, when every keyed row would create its device if none existed (REGISTER,
-    // the bulk case of new devices): no lookup first. The devices go in by `COPY`, and only
-    // rows whose device turns out to exist are looked up and decided again below, as for a
-    // device another upload created meanwhile. A chunk of new devices saves the lookup; one
-    // of existing devices pays a failed `COPY` on top of it.
-    let create_first = txn.get_database_backend() == DbBackend::Postgres
-        && inputs
-            .iter()
-            .filter(|row| row.lookup_key().is_some())
-            .all(|row| decide(row, None, &ctx) == Decision::Success(Effect::Create));
+    // PostgreSQL, when the action creates the devices it does not find (REGISTER, the bulk
+    // case of new devices): no lookup first. Every keyed row is decided as if its device did
+    // not exist, the devices go in by `COPY`, and only rows whose device turns out to exist
+    // are looked up and decided again below, as for a device another upload created
+    // meanwhile. A chunk of new devices saves the lookup; one of existing devices pays a
+    // failed `COPY` on top of it.
+    let create_first = txn.get_database_backend() == DbBackend::Postgres && ctx.creates_missing_devices();
     let devices = if create_first {
         HashMap::new()
     } else {
