@@ -160,9 +160,16 @@ impl Incoming {
     /// kernel reset the connection before the client has read our close frame.
     pub async fn finish(mut self) {
         let drain = async {
-            while let Some(Ok(message)) = self.0.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
+            loop {
+                match self.0.next().await {
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(_)) => {}
+                    // The reader gave up on the stream (a message over the limit is left
+                    // unread, and the client may still be sending it): the socket is held
+                    // open for the rest of the grace period, since closing it with unread
+                    // bytes resets it and can destroy our close frame before the client
+                    // reads it.
+                    Some(Err(_)) => std::future::pending::<()>().await,
                 }
             }
         };
