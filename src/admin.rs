@@ -84,7 +84,7 @@ pub fn check_action_shape(
 
 /// Inserts `model` unless its key is taken; a taken key → `ALREADY_EXISTS`. Catalog keys
 /// include the customer's root tenant, so the answer only ever speaks of the caller's own ids.
-async fn insert_new<A, C>(
+pub(crate) async fn insert_new<A, C>(
     db: &impl ConnectionTrait,
     model: A,
     key_columns: impl IntoIterator<Item = C>,
@@ -387,7 +387,7 @@ pub async fn workflows(
 }
 
 /// The root of the tree `scope` lies in: the customer its catalog entries belong to.
-fn root_of(scope: &access::TenantScope) -> String {
+pub(crate) fn root_of(scope: &access::TenantScope) -> String {
     scope
         .ancestry
         .last()
@@ -396,7 +396,10 @@ fn root_of(scope: &access::TenantScope) -> String {
 }
 
 /// The root of the caller's tenant tree; `None` when the caller's tenant does not exist.
-async fn tree_root(db: &impl ConnectionTrait, identity: &Identity) -> Result<Option<String>, ApiError> {
+pub(crate) async fn tree_root(
+    db: &impl ConnectionTrait,
+    identity: &Identity,
+) -> Result<Option<String>, ApiError> {
     Ok(access::ancestry(db, &identity.root_tenant).await?.pop())
 }
 

@@ -149,6 +149,18 @@ pub struct Settings {
     #[arg(long, env = "FLEETLOAD_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<SecretString>,
 
+    /// Key sealing carrier accounts' client secrets at rest: base64 of 32 random bytes
+    /// (`openssl rand -base64 32`), the same on every process. Default: generated on first
+    /// start and kept in the data dir on the embedded database; none on a shared database,
+    /// where carrier account writes then answer `CARRIER_SECRET_KEY_MISSING`.
+    #[arg(
+        long,
+        env = "FLEETLOAD_CARRIER_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub carrier_secret_key: Option<SecretString>,
+
     /// JWKS URL (e.g. Cognito's); when set, tokens must be RS256 and signed by one of its keys.
     #[arg(long, env = "FLEETLOAD_JWKS_URL", global = true)]
     pub jwks_url: Option<Url>,

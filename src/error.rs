@@ -16,6 +16,13 @@ pub enum ApiError {
     ActionNotFound,
     #[error("no such workflow in this tenant")]
     WorkflowNotFound,
+    #[error("no such carrier account in this tenant")]
+    CarrierAccountNotFound,
+    /// A shared database and no `--carrier-secret-key`: no secret can be sealed.
+    #[error(
+        "this server has no carrier secret key (FLEETLOAD_CARRIER_SECRET_KEY) to seal client secrets with"
+    )]
+    CarrierSecretKeyMissing,
     #[error("this action needs a workflowId")]
     WorkflowRequired,
     #[error(
@@ -79,6 +86,8 @@ impl ApiError {
             Self::InvalidTenant => "INVALID_TENANT",
             Self::ActionNotFound => "ACTION_NOT_FOUND",
             Self::WorkflowNotFound => "WORKFLOW_NOT_FOUND",
+            Self::CarrierAccountNotFound => "CARRIER_ACCOUNT_NOT_FOUND",
+            Self::CarrierSecretKeyMissing => "CARRIER_SECRET_KEY_MISSING",
             Self::WorkflowRequired => "WORKFLOW_REQUIRED",
             Self::WorkflowServiceTypeMismatch { .. } => "WORKFLOW_SERVICE_TYPE_MISMATCH",
             Self::InvalidDeviceType => "INVALID_DEVICE_TYPE",

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::auth::{Verifier, load_or_create_secret};
+use crate::carrier::SecretBox;
 use crate::config::Settings;
 use crate::health::Readiness;
 use crate::http::ops::Ops;
@@ -97,6 +98,7 @@ impl Application {
             statements: parts.statements,
             hub,
             websockets,
+            carrier_secrets: parts.carrier_secrets,
         };
         let schema = graphql::build_schema(state.clone());
         let router = http::router(state.clone(), schema, parts.storage_routes, parts.ops.clone());
@@ -246,6 +248,8 @@ pub struct Components {
     pub ops: Arc<Ops>,
     /// The queues whose depths the metrics sampler reads, by `queue` label.
     pub sampled: Vec<(&'static str, Arc<dyn Queue>)>,
+    /// The carrier secret key, for the API's account writes and the workers' calls.
+    pub carrier_secrets: Option<Arc<SecretBox>>,
 }
 
 impl Components {
@@ -258,6 +262,8 @@ impl Components {
     ) -> anyhow::Result<Self> {
         // Installed before anything records (and described once per process).
         crate::metrics::handle();
+        // A malformed key stops the start before anything is touched.
+        let carrier_secrets = SecretBox::from_settings(settings)?.map(Arc::new);
         let mut db = db::connect(settings).await?;
         let statements = db::StatementCounter::attach(&mut db);
         db::migrate(&db).await?;
@@ -358,6 +364,7 @@ impl Components {
             statements,
             ops,
             sampled,
+            carrier_secrets,
         })
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Verifier;
+use crate::carrier::SecretBox;
 use crate::config::Settings;
 use crate::progress::{ProgressBus, ProgressHub};
 use crate::storage::ObjectStore;
@@ -26,4 +27,7 @@ pub struct AppState {
     pub hub: Arc<ProgressHub>,
     /// This process's WebSocket connections: their caps and the shutdown signal.
     pub websockets: Arc<crate::websocket::registry::Registry>,
+    /// Seals and opens carrier accounts' client secrets; `None` on a shared database started
+    /// without `--carrier-secret-key`, where carrier account writes are refused.
+    pub carrier_secrets: Option<Arc<SecretBox>>,
 }

@@ -4,6 +4,7 @@
 
 pub mod action;
 pub mod batch_result;
+pub mod carrier_account;
 pub mod device;
 pub mod job;
 pub mod multipart_upload;
@@ -15,6 +16,7 @@ pub mod workflow;
 pub mod prelude {
     pub use super::action::Entity as Action;
     pub use super::batch_result::Entity as BatchResult;
+    pub use super::carrier_account::Entity as CarrierAccount;
     pub use super::device::Entity as Device;
     pub use super::job::Entity as Job;
     pub use super::multipart_upload::Entity as MultipartUpload;

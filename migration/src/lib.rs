@@ -12,6 +12,7 @@ mod m20261201_000004_reports_chunks_catalog;
 mod m20261201_000005_hot_tables_without_foreign_keys;
 mod m20261201_000006_job_trace_context;
 mod m20261201_000007_multipart_uploads;
+mod m20261201_000008_carrier_accounts;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000005_hot_tables_without_foreign_keys::Migration),
             Box::new(m20261201_000006_job_trace_context::Migration),
             Box::new(m20261201_000007_multipart_uploads::Migration),
+            Box::new(m20261201_000008_carrier_accounts::Migration),
         ]
     }
 }

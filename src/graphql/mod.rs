@@ -1,6 +1,7 @@
 //! The GraphQL API: schema assembly from per-domain roots, AppSync scalars, auth context.
 
 mod admin;
+mod carrier_accounts;
 mod context;
 mod error_codes;
 pub mod limits;
@@ -28,6 +29,7 @@ pub struct Query(
     upload_query::UploadQuery,
     multipart::MultipartQuery,
     admin::AdminQuery,
+    carrier_accounts::CarrierAccountQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -36,6 +38,7 @@ pub struct Mutation(
     multipart::MultipartMutation,
     results_mutation::ResultsMutation,
     admin::AdminMutation,
+    carrier_accounts::CarrierAccountMutation,
 );
 
 #[derive(MergedSubscription, Default)]

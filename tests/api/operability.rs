@@ -65,7 +65,7 @@ impl Drop for Process {
 }
 
 /// A port free now (the child binds it a moment later).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -74,7 +74,7 @@ fn free_port() -> u16 {
 }
 
 /// Waits until `url` answers 200 (bounded).
-async fn wait_ready(http: &reqwest::Client, url: &str, process: &Process) {
+pub(crate) async fn wait_ready(http: &reqwest::Client, url: &str, process: &Process) {
     let started = Instant::now();
     loop {
         if let Ok(resp) = http.get(url).send().await
