@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod carrier_sim;
 pub mod cli;
 pub mod client;
 pub mod config;
