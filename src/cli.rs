@@ -61,6 +61,7 @@ pub struct CarrierSimulatorArgs {
     /// The OAuth client the simulator accepts.
     #[arg(long, default_value = "demo-client")]
     pub client_id: String,
+    /// That client's secret.
     #[arg(long, default_value = "demo-secret")]
     pub client_secret: SecretString,
     /// A GET or activate of an unknown Luhn-valid ICCID first creates it in "inventory".
