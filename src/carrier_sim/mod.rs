@@ -1,7 +1,7 @@
-//! A simulated carrier (ThingSpace-style, docs of the contract: the carrier-api notes of
-//! issue 14) for tests and demos: OAuth and session tokens, the device actions with their
-//! transition matrix and idempotency keys, activation that completes after a delay, seeded
-//! faults, and counters the tests assert "exactly once per device" and "rate under the limit" with.
+//! A simulated carrier for tests and demos, serving the ThingSpace-style HTTP contract of
+//! issue 14: OAuth and session tokens, the device actions with their transition matrix and
+//! idempotency keys, activation that completes after a delay, seeded faults, and the counters
+//! the tests assert "exactly once per device" and "rate under the limit" with.
 //!
 //! Started in-process with [`CarrierSim::start`] (port 0 by default), or as
 //! `fleetload carrier-simulator`. Besides the carrier API it serves JSON admin routes, without
@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use carrier::Carrier;
+pub use routes::MAX_DEVICES_PER_ACTION;
 
 /// How the simulator starts; [`Default`] is one client `demo-client` / `demo-secret`, tokens
 /// valid for an hour, activation after 2 s, no rate limit, auto-provisioning off, port 0.

@@ -24,6 +24,7 @@ use super::{Faults, Shared, SimState};
 const API_BODY_LIMIT: usize = 64 * 1024;
 /// Seeding 10,000 devices.
 const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
+/// Devices one action call may list; more and the whole call is refused (400).
 pub const MAX_DEVICES_PER_ACTION: usize = 100;
 const MAX_SEED_DEVICES: usize = 10_000;
 const MAX_REJECT_ICCIDS: usize = 100_000;
@@ -382,7 +383,7 @@ fn is_iccid(id: &str) -> bool {
 }
 
 fn check_name(field: &str, value: &str) -> Result<(), Refusal> {
-    let ok = !value.is_empty() && value.len() <= MAX_NAME && !value.chars().any(char::is_control);
+    let ok = !value.is_empty() && value.chars().count() <= MAX_NAME && !value.chars().any(char::is_control);
     ok.then_some(())
         .ok_or_else(|| bad_request(&format!("{field} must be 1 to {MAX_NAME} characters")))
 }

@@ -27,9 +27,13 @@ async fn start(config: SimConfig) -> CarrierSim {
     CarrierSim::start(config).await.expect("simulator starts")
 }
 
+/// Long enough that a test's next calls still find an activation pending on a loaded
+/// machine, short enough to wait for.
+const ACTIVATION: Duration = Duration::from_millis(800);
+
 fn fast() -> SimConfig {
     SimConfig {
-        activation_delay: Duration::from_millis(300),
+        activation_delay: ACTIVATION,
         ..SimConfig::default()
     }
 }
@@ -282,7 +286,7 @@ async fn actions_follow_the_transition_matrix() {
     // Already pending: accepted, the running activation stands.
     assert_eq!(c.one("activate", &fresh, "a-2").await, "ACCEPTED");
     assert_eq!(c.one("deactivate", &fresh, "d-2").await, "InvalidStateTransition");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(ACTIVATION + Duration::from_millis(100)).await;
     assert_eq!(sim.state(&fresh), Some(SimState::Active));
     assert_eq!(c.one("activate", &fresh, "a-3").await, "InvalidStateTransition");
     assert_eq!(c.one("add", &fresh, "add-3").await, "DeviceExists");
@@ -296,7 +300,7 @@ async fn actions_follow_the_transition_matrix() {
 
     // Reactivated: a new line, never the old one.
     assert_eq!(c.one("activate", &fresh, "a-4").await, "ACCEPTED");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(ACTIVATION + Duration::from_millis(100)).await;
     let device = sim.device(&fresh).unwrap();
     assert_eq!(device.state, SimState::Active);
     assert_ne!(device.msisdn, line.msisdn);
@@ -368,7 +372,7 @@ async fn activation_completes_later_with_a_line() {
         json!({ "iccid": device, "state": "pending activation", "msisdn": null, "ipAddress": null,
                 "lastClientRequestId": "row-30" })
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(ACTIVATION + Duration::from_millis(100)).await;
     let (status, body) = c.get(&device).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["state"], "active");
@@ -397,7 +401,7 @@ async fn a_replayed_request_id_is_accepted_and_not_applied_again() {
     sim.seed_device(&other, SimState::Inventory);
     assert_eq!(c.one("activate", &device, "upload-1/row-7").await, "ACCEPTED");
     assert_eq!(c.one("activate", &device, "upload-1/row-7").await, "ACCEPTED");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(ACTIVATION + Duration::from_millis(100)).await;
     let line = sim.device(&device).unwrap();
     assert_eq!(line.state, SimState::Active);
     // Even now that activating again is an invalid transition, the replay is ACCEPTED and
