@@ -1,11 +1,17 @@
-//! The `fleetload` command line: `serve` (default), `migrate`, `schema`, `token`, and the
-//! client commands `upload`, `status`, `uploads` (src/client/).
+//! The `fleetload` command line: `serve` (default), `migrate`, `schema`, `token`, the
+//! client commands `upload`, `status`, `uploads` (src/client/), and `carrier-simulator`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::auth::{Permission, mint_token};
+use crate::carrier_sim::{CarrierSim, SimConfig};
 use crate::config::Settings;
 use crate::startup::{Application, jwt_secret};
 use crate::{db, demo, graphql, telemetry};
@@ -17,6 +23,10 @@ pub struct Cli {
     pub settings: Settings,
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Whether `--listen` (or its variable) was given rather than defaulted: the carrier
+    /// simulator keeps its own default port then, beside a server on the default one.
+    #[arg(skip)]
+    pub listen_given: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +48,31 @@ pub enum Command {
     Status(StatusArgs),
     /// List the newest uploads of a running server.
     Uploads(UploadsArgs),
+    /// Run the carrier simulator (tests and demos of CARRIER_STATUS actions) until ctrl-c;
+    /// it listens on `--listen` when given, else on 127.0.0.1:9400.
+    CarrierSimulator(CarrierSimulatorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CarrierSimulatorArgs {
+    /// Milliseconds from "pending activation" to "active" (at most an hour).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub activation_delay_ms: u64,
+    /// The OAuth client the simulator accepts.
+    #[arg(long, default_value = "demo-client")]
+    pub client_id: String,
+    /// That client's secret.
+    #[arg(long, default_value = "demo-secret")]
+    pub client_secret: SecretString,
+    /// A GET or activate of an unknown Luhn-valid ICCID first creates it in "inventory".
+    #[arg(long)]
+    pub auto_provision: bool,
+    /// Device-endpoint requests per second the simulator accepts per client; over it → 429.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: Option<u32>,
+    /// Seed of the fault dice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +109,7 @@ pub struct TokenArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.settings;
+    let listen_given = cli.listen_given;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Upload(args) => {
             return Ok(client_command(&settings, &args.client, async |c| {
@@ -119,6 +155,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => println!("migrations applied; no demo data seeded (add --demo-data to seed it)"),
             }
         }
+        Command::CarrierSimulator(args) => {
+            let _telemetry = telemetry::init(settings.log_json);
+            let listen = if listen_given {
+                settings.listen
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], 9400))
+            };
+            run_carrier_simulator(listen, args).await?;
+        }
         Command::Schema => print!("{}", graphql::sdl()),
         Command::Token(args) => {
             let secret = jwt_secret(&settings)?;
@@ -135,6 +180,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn run_carrier_simulator(listen: SocketAddr, args: CarrierSimulatorArgs) -> anyhow::Result<()> {
+    let config = SimConfig {
+        listen,
+        clients: vec![(args.client_id, args.client_secret.expose_secret().to_owned())],
+        activation_delay: Duration::from_millis(args.activation_delay_ms),
+        rate_limit_per_sec: args.rate_limit,
+        seed: args.seed,
+        auto_provision: args.auto_provision,
+        ..SimConfig::default()
+    };
+    let sim = CarrierSim::start(config).await?;
+    tracing::info!(
+        url = sim.url(),
+        auto_provision = args.auto_provision,
+        "carrier simulator serving"
+    );
+    // Printed, not logged: the URL is what the operator pastes into a carrier account.
+    println!(
+        "carrier simulator at {} (admin: {}/_sim/stats)",
+        sim.url(),
+        sim.url()
+    );
+    crate::startup::shutdown_signal().await;
+    sim.shutdown().await
 }
 
 /// Runs a client command; any error is printed with its code and exits with 1.

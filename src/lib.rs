@@ -5,6 +5,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod carrier;
+pub mod carrier_sim;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -10,6 +10,7 @@ mod auth;
 mod browser;
 mod cancel;
 mod carrier_accounts;
+mod carrier_sim;
 mod chunk_identity;
 mod cli;
 mod cli_multipart;
