@@ -562,3 +562,49 @@ async fn no_log_line_of_the_server_holds_a_client_secret() {
     let key = std::fs::read_to_string(&key_file).unwrap();
     assert!(!logs.contains(key.trim()));
 }
+
+/// A carrier secret key that is not base64 of 32 bytes stops `fleetload serve` at once,
+/// saying which setting is wrong and not echoing the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_carrier_secret_key_stops_the_start_with_a_clear_message() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let short = base64::engine::general_purpose::STANDARD.encode([5u8; 16]);
+    for bad in [short.as_str(), "not-base64-at-all!"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetload"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FLEETLOAD_") || key == "DATABASE_URL" || key == "RUST_LOG" {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .arg("serve")
+            .env("FLEETLOAD_DATA_DIR", dir.path())
+            .env("FLEETLOAD_LISTEN", "127.0.0.1:0")
+            .env("FLEETLOAD_CARRIER_SECRET_KEY", bad)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("serve started with the carrier secret key {bad:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains("FLEETLOAD_CARRIER_SECRET_KEY") && stderr.contains("32 bytes"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(bad), "{stderr}");
+    }
+}
