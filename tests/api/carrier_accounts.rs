@@ -152,6 +152,19 @@ with_key_on_both_backends! {
         assert!(ids(&listed).contains(&"tmo-main".to_owned()) && ids(&listed).contains(&generated));
         assert!(listed["carrierAccounts"].as_array().unwrap().iter().all(|a| a["hasClientSecret"] == true));
         assert_eq!(ids(&ok(&app, &admin, LIST, json!({"t": "demo"})).await), ["tmo-main"]);
+        // What prepare will check: usable in a workspace below its owner, not above it or
+        // in another customer's tree.
+        let scope = |ancestry: &[&str]| fleetload::access::TenantScope {
+            tenant_id: ancestry[0].to_owned(),
+            ancestry: ancestry.iter().map(|t| t.to_string()).collect(),
+        };
+        let found = accounts::in_scope(&app.state.db, &scope(&["demo-east", "demo"]), "tmo-main").await.unwrap();
+        assert_eq!((found.root_tenant_id.as_str(), found.tenant_id.as_str()), ("demo", "demo"));
+        assert!(accounts::in_scope(&app.state.db, &scope(&["demo-east", "demo"]), &generated).await.is_ok());
+        for (ancestry, id) in [(&["demo"][..], generated.as_str()), (&["acme"][..], "tmo-main"), (&["demo"][..], "nope")] {
+            let err = accounts::in_scope(&app.state.db, &scope(ancestry), id).await.unwrap_err();
+            assert_eq!(err.code(), "CARRIER_ACCOUNT_NOT_FOUND", "{ancestry:?} {id}");
+        }
 
         // Update without a secret keeps it; with one, rotates it.
         let updated = ok(&app, &admin, UPDATE, json!({"input": {"id": "tmo-main", "name": "  Main  ", "rateLimitPerSecond": 5, "batchSize": 100, "baseUrl": "http://127.0.0.1:9/carrier"}})).await["updateCarrierAccount"].clone();
@@ -279,8 +292,13 @@ with_key_on_both_backends! {
         assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{said}");
         assert!(!said.contains("987654321"), "{said}");
 
-        // A taken id, within the customer.
+        // A taken id, within the customer; concurrent creates of one id: exactly one wins.
         assert_eq!(refused(&app, &admin, CREATE, json!({"input": tmo(Some("tmo-main"))})).await.0, "ALREADY_EXISTS");
+        let tries = (0..8).map(|_| send(&app, &admin, CREATE, json!({"input": tmo(Some("race"))})));
+        let bodies = futures::future::join_all(tries).await;
+        assert_eq!(bodies.iter().filter(|b| b.get("errors").is_none()).count(), 1, "{bodies:?}");
+        assert!(bodies.iter().filter(|b| b.get("errors").is_some()).all(|b| error_code(b) == "ALREADY_EXISTS"));
+        ok(&app, &admin, DELETE, json!({"id": "race"})).await;
         // Nothing was created or changed by any of them.
         let listed = ok(&app, &admin, LIST, json!({"t": "demo"})).await;
         assert_eq!(listed["carrierAccounts"].as_array().unwrap().len(), 1, "{listed}");
