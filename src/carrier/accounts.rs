@@ -266,6 +266,23 @@ pub async fn list(
         .await?)
 }
 
+/// The account `id` usable in `scope` (its own or inherited from an ancestor), for the
+/// upload-level checks at prepare; anything else is `CARRIER_ACCOUNT_NOT_FOUND`.
+pub async fn in_scope(
+    db: &impl ConnectionTrait,
+    scope: &access::TenantScope,
+    id: &str,
+) -> Result<carrier_account::Model, ApiError> {
+    // Ids are unique per customer; the scope's ancestry lies within one customer's tree.
+    CarrierAccount::find()
+        .filter(carrier_account::Column::Id.eq(id))
+        .filter(carrier_account::Column::TenantId.is_in(scope.ancestry.iter().cloned()))
+        .one(db)
+        .await?
+        .filter(|a| scope.inherits_from(&a.tenant_id))
+        .ok_or(ApiError::CarrierAccountNotFound)
+}
+
 /// What a worker calls a carrier with. `Debug` shows no secret.
 #[derive(Clone, Debug)]
 pub struct CarrierCredentials {

@@ -53,11 +53,11 @@ impl From<carrier_account::Model> for CarrierAccount {
     }
 }
 
-/// A write-only string, such as an OAuth client secret. Sent as a JSON string; a value of
-/// another type is refused without being quoted back (as a `String` would be), and it is
-/// never part of an answer.
+/// A write-only string (an OAuth client secret), read straight into a `SecretString`.
 pub struct Secret(SecretString);
 
+/// A write-only string, such as an OAuth client secret: sent as a JSON string, never part of
+/// an answer, and a value of another type is refused without being quoted back.
 #[Scalar(name = "Secret")]
 impl ScalarType for Secret {
     fn parse(value: Value) -> InputValueResult<Self> {
@@ -77,7 +77,8 @@ impl ScalarType for Secret {
     }
 }
 
-/// A new carrier account of `tenantId`. No `Debug`: it holds the client secret.
+/// A new carrier account of `tenantId`.
+// No `Debug`: it holds the client secret.
 #[derive(InputObject)]
 pub struct CreateCarrierAccountInput {
     pub tenant_id: String,
@@ -101,8 +102,9 @@ pub struct CreateCarrierAccountInput {
     pub batch_size: i32,
 }
 
-/// Changes to the carrier account `id`; a field left out keeps its value. No `Debug`: it
-/// may hold the client secret.
+/// Changes to the carrier account `id`; a field left out keeps its value, with the bounds
+/// of `CreateCarrierAccountInput`.
+// No `Debug`: it may hold the client secret.
 #[derive(InputObject)]
 pub struct UpdateCarrierAccountInput {
     pub id: String,

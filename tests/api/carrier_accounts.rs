@@ -152,6 +152,19 @@ with_key_on_both_backends! {
         assert!(ids(&listed).contains(&"tmo-main".to_owned()) && ids(&listed).contains(&generated));
         assert!(listed["carrierAccounts"].as_array().unwrap().iter().all(|a| a["hasClientSecret"] == true));
         assert_eq!(ids(&ok(&app, &admin, LIST, json!({"t": "demo"})).await), ["tmo-main"]);
+        // What prepare will check: usable in a workspace below its owner, not above it or
+        // in another customer's tree.
+        let scope = |ancestry: &[&str]| fleetload::access::TenantScope {
+            tenant_id: ancestry[0].to_owned(),
+            ancestry: ancestry.iter().map(|t| t.to_string()).collect(),
+        };
+        let found = accounts::in_scope(&app.state.db, &scope(&["demo-east", "demo"]), "tmo-main").await.unwrap();
+        assert_eq!((found.root_tenant_id.as_str(), found.tenant_id.as_str()), ("demo", "demo"));
+        assert!(accounts::in_scope(&app.state.db, &scope(&["demo-east", "demo"]), &generated).await.is_ok());
+        for (ancestry, id) in [(&["demo"][..], generated.as_str()), (&["acme"][..], "tmo-main"), (&["demo"][..], "nope")] {
+            let err = accounts::in_scope(&app.state.db, &scope(ancestry), id).await.unwrap_err();
+            assert_eq!(err.code(), "CARRIER_ACCOUNT_NOT_FOUND", "{ancestry:?} {id}");
+        }
 
         // Update without a secret keeps it; with one, rotates it.
         let updated = ok(&app, &admin, UPDATE, json!({"input": {"id": "tmo-main", "name": "  Main  ", "rateLimitPerSecond": 5, "batchSize": 100, "baseUrl": "http://127.0.0.1:9/carrier"}})).await["updateCarrierAccount"].clone();
@@ -259,19 +272,19 @@ with_key_on_both_backends! {
         // Wrong types and missing fields are refused by the schema, the value not echoed.
         let mut typed = tmo(Some("tmo-new"));
         typed["rateLimitPerSecond"] = json!("fast");
-        assert_eq!(refused(&app, &admin, CREATE, json!({"input": typed})).await.0, "BAD_USER_INPUT");
+        assert_eq!(refused(&app, &admin, CREATE, json!({"input": typed})).await.0, "GRAPHQL_VALIDATION_FAILED");
         let mut missing = tmo(Some("tmo-new"));
         missing.as_object_mut().unwrap().remove("clientSecret");
-        assert_eq!(refused(&app, &admin, CREATE, json!({"input": missing})).await.0, "BAD_USER_INPUT");
+        assert_eq!(refused(&app, &admin, CREATE, json!({"input": missing})).await.0, "GRAPHQL_VALIDATION_FAILED");
         // A secret of the wrong type is not quoted back, as a `String` argument's would be.
         for wrong in [json!({"value": SECRET}), json!(987_654_321), json!([SECRET])] {
             let mut secret_typed = tmo(Some("tmo-new"));
             secret_typed["clientSecret"] = wrong.clone();
             let (code, said) = refused(&app, &admin, CREATE, json!({"input": secret_typed})).await;
-            assert_eq!(code, "BAD_USER_INPUT", "{said}");
+            assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{said}");
             assert!(!said.contains("987654321"), "{said}");
             let (code, said) = refused(&app, &admin, UPDATE, json!({"input": {"id": "tmo-main", "clientSecret": wrong}})).await;
-            assert_eq!(code, "BAD_USER_INPUT", "{said}");
+            assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{said}");
             assert!(!said.contains("987654321"), "{said}");
         }
         let inline = "mutation { updateCarrierAccount(input: {id: \"tmo-main\", clientSecret: 987654321}) { id } }";
@@ -279,8 +292,13 @@ with_key_on_both_backends! {
         assert_eq!(code, "GRAPHQL_VALIDATION_FAILED", "{said}");
         assert!(!said.contains("987654321"), "{said}");
 
-        // A taken id, within the customer.
+        // A taken id, within the customer; concurrent creates of one id: exactly one wins.
         assert_eq!(refused(&app, &admin, CREATE, json!({"input": tmo(Some("tmo-main"))})).await.0, "ALREADY_EXISTS");
+        let tries = (0..8).map(|_| send(&app, &admin, CREATE, json!({"input": tmo(Some("race"))})));
+        let bodies = futures::future::join_all(tries).await;
+        assert_eq!(bodies.iter().filter(|b| b.get("errors").is_none()).count(), 1, "{bodies:?}");
+        assert!(bodies.iter().filter(|b| b.get("errors").is_some()).all(|b| error_code(b) == "ALREADY_EXISTS"));
+        ok(&app, &admin, DELETE, json!({"id": "race"})).await;
         // Nothing was created or changed by any of them.
         let listed = ok(&app, &admin, LIST, json!({"t": "demo"})).await;
         assert_eq!(listed["carrierAccounts"].as_array().unwrap().len(), 1, "{listed}");
@@ -507,7 +525,7 @@ async fn no_log_line_of_the_server_holds_a_client_secret() {
     typed["batchSize"] = json!(SECRET);
     assert_eq!(
         error_code(&gql(CREATE, json!({"input": typed})).await),
-        "BAD_USER_INPUT"
+        "GRAPHQL_VALIDATION_FAILED"
     );
     assert_eq!(
         error_code(
@@ -534,19 +552,24 @@ async fn no_log_line_of_the_server_holds_a_client_secret() {
     let resp = http
         .get(format!("{url}/graphql"))
         .bearer_auth(&token)
+        .header("x-request-id", "carrier-log-probe")
         .query(&[("query", inline.as_str())])
         .send()
         .await
         .unwrap();
     assert!(!resp.text().await.unwrap().contains(SECRET));
     let listed = gql(LIST, json!({"t": "demo"})).await;
-    assert_eq!(listed["carrierAccounts"][0]["hasClientSecret"], true, "{listed}");
+    assert_eq!(
+        listed["data"]["carrierAccounts"][0]["hasClientSecret"], true,
+        "{listed}"
+    );
 
     // Give the log writer a moment, then read every line.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let logs = process.logs();
     assert!(logs.lines().count() > 20, "trace logging is on: {logs}");
-    assert!(logs.contains("graphql"), "the requests are in the log");
+    // The lines of the requests themselves are there (the request id is on each of them).
+    assert!(logs.contains("carrier-log-probe"), "the requests are in the log");
     for line in logs.lines() {
         assert!(
             !line.contains(SECRET) && !line.contains(ROTATED),
@@ -556,4 +579,50 @@ async fn no_log_line_of_the_server_holds_a_client_secret() {
     // The key itself is not logged either.
     let key = std::fs::read_to_string(&key_file).unwrap();
     assert!(!logs.contains(key.trim()));
+}
+
+/// A carrier secret key that is not base64 of 32 bytes stops `fleetload serve` at once,
+/// saying which setting is wrong and not echoing the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_carrier_secret_key_stops_the_start_with_a_clear_message() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let short = base64::engine::general_purpose::STANDARD.encode([5u8; 16]);
+    for bad in [short.as_str(), "not-base64-at-all!"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetload"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("FLEETLOAD_") || key == "DATABASE_URL" || key == "RUST_LOG" {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .arg("serve")
+            .env("FLEETLOAD_DATA_DIR", dir.path())
+            .env("FLEETLOAD_LISTEN", "127.0.0.1:0")
+            .env("FLEETLOAD_CARRIER_SECRET_KEY", bad)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("serve started with the carrier secret key {bad:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        assert!(
+            stderr.contains("FLEETLOAD_CARRIER_SECRET_KEY") && stderr.contains("32 bytes"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(bad), "{stderr}");
+    }
 }
