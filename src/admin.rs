@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use entity::action::{self, ActionKind};
+use entity::carrier_status::CarrierStatus;
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
 use entity::{device, tenant, workflow};
@@ -79,6 +80,28 @@ pub fn check_action_shape(
             "only a REGISTER action has a targetServiceType".into(),
         )),
         (_, None) => Ok(None),
+    }
+}
+
+/// A CARRIER_STATUS action moves lines to a status the matrix can reach (not NEW) through an
+/// account; no other kind has either.
+pub fn check_carrier_shape(
+    kind: ActionKind,
+    target: Option<CarrierStatus>,
+    account: Option<&str>,
+) -> Result<Option<(CarrierStatus, String)>, ApiError> {
+    match (kind, target, account) {
+        (ActionKind::CarrierStatus, Some(CarrierStatus::New), _) => Err(ApiError::BadUserInput(
+            "a line cannot be moved back to NEW".into(),
+        )),
+        (ActionKind::CarrierStatus, Some(target), Some(account)) => Ok(Some((target, check_id(account)?))),
+        (ActionKind::CarrierStatus, _, _) => Err(ApiError::BadUserInput(
+            "a CARRIER_STATUS action needs a targetCarrierStatus and a carrierAccountId".into(),
+        )),
+        (_, None, None) => Ok(None),
+        _ => Err(ApiError::BadUserInput(
+            "only a CARRIER_STATUS action has a targetCarrierStatus and a carrierAccountId".into(),
+        )),
     }
 }
 
@@ -174,6 +197,8 @@ pub struct NewAction<'a> {
     pub name: &'a str,
     pub kind: ActionKind,
     pub target_service_type: Option<i32>,
+    pub target_carrier_status: Option<CarrierStatus>,
+    pub carrier_account_id: Option<&'a str>,
 }
 
 pub async fn create_action(
@@ -182,8 +207,16 @@ pub async fn create_action(
     new: NewAction<'_>,
 ) -> Result<action::Model, ApiError> {
     let scope = access::authorize(db, identity, new.tenant_id, Permission::Admin).await?;
+    let root_tenant_id = root_of(&scope);
+    let carrier = check_carrier_shape(new.kind, new.target_carrier_status, new.carrier_account_id)?;
+    if let Some((_, account)) = &carrier {
+        // Only an account the action's tenant has (its own or inherited): another customer's
+        // id is simply not found.
+        crate::carrier::accounts::in_scope(db, &scope, account).await?;
+    }
+    let (target_carrier_status, carrier_account_id) = carrier.unzip();
     let model = action::Model {
-        root_tenant_id: root_of(&scope),
+        root_tenant_id,
         id: match new.id {
             Some(id) => check_id(id)?,
             None => uuid::Uuid::now_v7().to_string(),
@@ -192,6 +225,8 @@ pub async fn create_action(
         name: check_name(new.name)?,
         kind: new.kind,
         target_service_type: check_action_shape(new.kind, new.target_service_type)?,
+        target_carrier_status,
+        carrier_account_id,
         created_at: Utc::now(),
     };
     insert_new(
@@ -437,6 +472,40 @@ mod tests {
         let (a, b) = (new_workflow_id(), new_workflow_id());
         assert_eq!(check_workflow_id(&a).unwrap(), a);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn only_a_carrier_action_has_a_target_line_status_and_an_account() {
+        assert_eq!(
+            check_carrier_shape(
+                ActionKind::CarrierStatus,
+                Some(CarrierStatus::Active),
+                Some("att")
+            )
+            .unwrap(),
+            Some((CarrierStatus::Active, "att".to_owned()))
+        );
+        for (kind, target, account) in [
+            (ActionKind::CarrierStatus, None, Some("att")),
+            (ActionKind::CarrierStatus, Some(CarrierStatus::Active), None),
+            (ActionKind::CarrierStatus, Some(CarrierStatus::New), Some("att")),
+            (
+                ActionKind::CarrierStatus,
+                Some(CarrierStatus::Active),
+                Some("a b"),
+            ),
+            (ActionKind::Register, Some(CarrierStatus::Active), None),
+            (ActionKind::Deregister, None, Some("att")),
+        ] {
+            assert!(
+                check_carrier_shape(kind, target, account).is_err(),
+                "{kind:?} {target:?} {account:?}"
+            );
+        }
+        assert_eq!(
+            check_carrier_shape(ActionKind::ExitWorkflow, None, None).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub struct Settings {
     )]
     pub demo_data: bool,
 
+    /// Base URL of a carrier the demo may call (e.g. `fleetload carrier-simulator`'s
+    /// `http://127.0.0.1:9400`): seeds the demo carrier account `demo-carrier`, the actions
+    /// `activate-lines` / `deactivate-lines` and ten demo devices with SIMs (idempotent).
+    #[arg(long, env = "FLEETLOAD_DEMO_CARRIER_URL", global = true)]
+    pub demo_carrier_url: Option<Url>,
+
     /// S3 bucket for uploaded files; when set, objects go to S3 instead of the data dir.
     #[arg(long, env = "FLEETLOAD_S3_BUCKET", global = true)]
     pub s3_bucket: Option<String>,
@@ -206,6 +212,59 @@ pub struct Settings {
         global = true
     )]
     pub webhook_timeout_secs: u64,
+
+    /// Carrier actions: wait after the carrier accepted a call before the first status poll,
+    /// in milliseconds (carriers activate lines minutes later).
+    #[arg(
+        long,
+        env = "FLEETLOAD_CARRIER_VERIFY_DELAY_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(0..=86_400_000),
+        global = true
+    )]
+    pub carrier_verify_delay_ms: u64,
+
+    /// Carrier actions: between two status polls of a line not yet confirmed, in milliseconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_CARRIER_VERIFY_INTERVAL_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(10..=86_400_000),
+        global = true
+    )]
+    pub carrier_verify_interval_ms: u64,
+
+    /// Carrier actions: from the carrier's acceptance to `CARRIER_VERIFICATION_TIMEOUT`, in
+    /// seconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_CARRIER_VERIFY_TIMEOUT_SECS",
+        default_value_t = 1800,
+        value_parser = clap::value_parser!(u64).range(1..=604_800),
+        global = true
+    )]
+    pub carrier_verify_timeout_secs: u64,
+
+    /// Carrier actions: calls per row (rate limited, server errors, no answer) before the row
+    /// fails `CARRIER_UNAVAILABLE`.
+    #[arg(
+        long,
+        env = "FLEETLOAD_CARRIER_MAX_ATTEMPTS",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=100),
+        global = true
+    )]
+    pub carrier_max_attempts: u32,
+
+    /// Carrier actions: time limit of one call to the carrier, in milliseconds.
+    #[arg(
+        long,
+        env = "FLEETLOAD_CARRIER_CALL_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..=300_000),
+        global = true
+    )]
+    pub carrier_call_timeout_ms: u64,
 
     /// Log as JSON lines (one object per line, with the fields of every enclosing span:
     /// request id, upload id, tenant) instead of human-readable text.

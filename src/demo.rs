@@ -106,6 +106,8 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<Seede
                 name: Set(name.into()),
                 kind: Set(kind),
                 target_service_type: Set(target),
+                target_carrier_status: Set(None),
+                carrier_account_id: Set(None),
                 created_at: Set(now),
             });
         }
@@ -143,4 +145,115 @@ pub async fn seed<C: ConnectionTrait + TransactionTrait>(db: &C) -> Result<Seede
 
     txn.commit().await?;
     Ok(seeded)
+}
+
+/// The demo carrier account, its actions and the demo devices with SIMs.
+pub const DEMO_CARRIER: &str = "demo-carrier";
+pub const ACTIVATE_LINES: &str = "activate-lines";
+pub const DEACTIVATE_LINES: &str = "deactivate-lines";
+/// The demo carrier's OAuth client, as `fleetload carrier-simulator` accepts by default.
+pub const DEMO_CARRIER_CLIENT: (&str, &str) = ("demo-client", "demo-secret");
+const DEMO_LINES: u64 = 10;
+
+/// The demo devices' SIMs: `89014100000000000001…` with their check digit, 20 digits.
+pub fn demo_lines() -> Vec<(String, String)> {
+    use crate::domain::device_uid::luhn_check_digit;
+    (0..DEMO_LINES)
+        .map(|i| {
+            let imei = format!("35000000000{:03}", 900 + i);
+            let iccid = format!("8901410000000000{:03}", 100 + i);
+            (
+                format!("{imei}{}", luhn_check_digit(&imei)),
+                format!("{iccid}{}", luhn_check_digit(&iccid)),
+            )
+        })
+        .collect()
+}
+
+/// Seeds the demo carrier at `base_url` (`--demo-carrier-url`): the account, two actions and
+/// ten smartphones of `demo` whose SIMs are in the carrier's inventory. Rows already there
+/// are left as they are; returns how many rows were inserted.
+pub async fn seed_carrier<C: ConnectionTrait + TransactionTrait>(
+    db: &C,
+    secrets: &crate::carrier::SecretBox,
+    base_url: &url::Url,
+) -> Result<u64, sea_orm::DbErr> {
+    use entity::carrier_status::CarrierStatus;
+    use entity::{carrier_account, device};
+    use secrecy::SecretString;
+
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let (client_id, client_secret) = DEMO_CARRIER_CLIENT;
+    let sealed = secrets.seal(
+        &SecretString::from(client_secret.to_owned()),
+        &crate::carrier::accounts::secret_aad(DEMO, DEMO_CARRIER),
+    );
+    let mut inserted = CarrierAccount::insert(carrier_account::ActiveModel {
+        root_tenant_id: Set(DEMO.into()),
+        id: Set(DEMO_CARRIER.into()),
+        tenant_id: Set(DEMO.into()),
+        name: Set("Demo carrier".into()),
+        base_url: Set(base_url.to_string()),
+        client_id: Set(client_id.into()),
+        client_secret_sealed: Set(sealed),
+        account_number: Set("0000000000-00001".into()),
+        rate_limit_per_sec: Set(50),
+        batch_size: Set(50),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .on_conflict(
+        OnConflict::columns([carrier_account::Column::RootTenantId, carrier_account::Column::Id])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    let actions = [
+        (ACTIVATE_LINES, "Activate lines", CarrierStatus::Active),
+        (DEACTIVATE_LINES, "Deactivate lines", CarrierStatus::Deactivated),
+    ]
+    .map(|(id, name, target)| action::ActiveModel {
+        root_tenant_id: Set(DEMO.into()),
+        id: Set(id.into()),
+        tenant_id: Set(DEMO.into()),
+        name: Set(name.into()),
+        kind: Set(ActionKind::CarrierStatus),
+        target_service_type: Set(None),
+        target_carrier_status: Set(Some(target)),
+        carrier_account_id: Set(Some(DEMO_CARRIER.into())),
+        created_at: Set(now),
+    });
+    inserted += Action::insert_many(actions)
+        .on_conflict(
+            OnConflict::columns([action::Column::RootTenantId, action::Column::Id])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    for (imei, iccid) in demo_lines() {
+        inserted += Device::insert(device::ActiveModel {
+            tenant_id: Set(DEMO.into()),
+            device_type: Set(crate::domain::DeviceType::Smartphone.code()),
+            uid: Set(imei),
+            state: Set(device::state::READY_FOR_USE),
+            service_type: Set(PREPAID),
+            iccid: Set(Some(iccid)),
+            carrier_status: Set(Some(CarrierStatus::Inventory)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .on_conflict(
+            OnConflict::columns([device::Column::DeviceType, device::Column::Uid])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    }
+    txn.commit().await?;
+    Ok(inserted)
 }

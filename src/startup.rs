@@ -19,6 +19,7 @@ use crate::carrier::SecretBox;
 use crate::config::Settings;
 use crate::health::Readiness;
 use crate::http::ops::Ops;
+use crate::pipeline::carrier_calls::{CarrierExecutor, CarrierSettings};
 use crate::pipeline::{Pipeline, PipelineSettings, Settlement};
 use crate::progress::{Pace, ProgressBus, ProgressHub, ProgressListener};
 use crate::queue::{CHUNK_QUEUE, DEFAULT_MAX_ATTEMPTS, DISPATCH_QUEUE, DbQueue, Queue, SqsQueue};
@@ -279,6 +280,15 @@ impl Components {
                 "demo data seeded"
             );
         }
+        if let Some(url) = &settings.demo_carrier_url {
+            let secrets = carrier_secrets
+                .as_deref()
+                .context("--demo-carrier-url needs a carrier secret key (--carrier-secret-key)")?;
+            let inserted = demo::seed_carrier(&db, secrets, url)
+                .await
+                .context("seeding the demo carrier")?;
+            tracing::info!(inserted, carrier = %url, "demo carrier seeded");
+        }
         let aws = match aws {
             Some(sdk) => Some(sdk),
             None if settings.s3_bucket.is_some() || settings.sqs_queue_url.is_some() => {
@@ -334,6 +344,13 @@ impl Components {
             pools: vec![("api", db.clone()), ("pipeline", worker_db.clone())],
         });
         let outbox = Outbox::new(webhook.is_some());
+        let carrier = CarrierExecutor::new(
+            worker_db.clone(),
+            carrier_secrets.clone(),
+            CarrierSettings::from_settings(settings),
+            outbox,
+            progress.clone(),
+        )?;
         let pipeline = Arc::new(
             Pipeline::new(
                 worker_db.clone(),
@@ -350,7 +367,8 @@ impl Components {
             )
             .with_outbox(outbox)
             .with_settlement(settlement)
-            .with_fanout_window(settings.fanout_window),
+            .with_fanout_window(settings.fanout_window)
+            .with_carrier(carrier),
         );
         Ok(Self {
             db,

@@ -16,6 +16,9 @@ pub enum ActionKind {
     ExitWorkflow,
     #[sea_orm(string_value = "DEREGISTER")]
     Deregister,
+    /// Changes each device's line status at a carrier (SPEC §11).
+    #[sea_orm(string_value = "CARRIER_STATUS")]
+    CarrierStatus,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -31,6 +34,10 @@ pub struct Model {
     pub kind: ActionKind,
     /// The service type a REGISTER gives the device; `None` for the other kinds.
     pub target_service_type: Option<i32>,
+    /// CARRIER_STATUS: the line status each device is moved to, and the carrier account
+    /// (of the same root tenant) the calls go to; `None` for the other kinds.
+    pub target_carrier_status: Option<crate::carrier_status::CarrierStatus>,
+    pub carrier_account_id: Option<String>,
     pub created_at: DateTimeUtc,
 }
 

@@ -26,6 +26,14 @@ pub struct Model {
     pub service_type: i32,
     pub brand_id: Option<i32>,
     pub workflow_id: Option<String>,
+    /// The SIM's ICCID (19–20 digits, Luhn-valid), unique across all tenants; a line's key at
+    /// the carrier.
+    pub iccid: Option<String>,
+    /// The line's status at the carrier as last confirmed; `None` until a carrier action ran.
+    pub carrier_status: Option<crate::carrier_status::CarrierStatus>,
+    /// What the carrier assigned when it confirmed an activation.
+    pub msisdn: Option<String>,
+    pub ip_address: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

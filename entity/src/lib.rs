@@ -5,6 +5,7 @@
 pub mod action;
 pub mod batch_result;
 pub mod carrier_account;
+pub mod carrier_status;
 pub mod device;
 pub mod job;
 pub mod multipart_upload;

@@ -56,6 +56,13 @@ pub struct Model {
     pub action_kind: ActionKind,
     /// REGISTER's target service type, copied so workers need not join.
     pub action_service_type: Option<i32>,
+    /// CARRIER_STATUS: the target line status and the carrier account, copied at prepare.
+    pub action_carrier_status: Option<crate::carrier_status::CarrierStatus>,
+    pub carrier_account_id: Option<String>,
+    /// The root tenant the carrier account belongs to (the action's).
+    pub carrier_root_tenant_id: Option<String>,
+    /// Rows sent to the carrier that have no result yet (to be sent, sent, being verified).
+    pub carrier_pending: i32,
     pub workflow_id: Option<String>,
     /// The workflow's service type, copied for ASSIGN_WORKFLOW's per-row check.
     pub workflow_service_type: Option<i32>,

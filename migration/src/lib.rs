@@ -13,6 +13,7 @@ mod m20261201_000005_hot_tables_without_foreign_keys;
 mod m20261201_000006_job_trace_context;
 mod m20261201_000007_multipart_uploads;
 mod m20261201_000008_carrier_accounts;
+mod m20261201_000009_carrier_actions;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_job_trace_context::Migration),
             Box::new(m20261201_000007_multipart_uploads::Migration),
             Box::new(m20261201_000008_carrier_accounts::Migration),
+            Box::new(m20261201_000009_carrier_actions::Migration),
         ]
     }
 }

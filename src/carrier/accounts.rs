@@ -4,10 +4,11 @@
 //! single statements; [`credentials`] is the workers' read, the only place a secret opens.
 
 use chrono::Utc;
-use entity::carrier_account;
 use entity::prelude::*;
+use entity::{action, carrier_account};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Set,
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -242,8 +243,19 @@ pub async fn update(
 }
 
 /// Deletes an account; needs no key, so a server without one can still clean up.
+/// Deletes an account no action names (an action's uploads call the carrier through it).
 pub async fn delete(db: &impl ConnectionTrait, identity: &Identity, id: &str) -> Result<(), ApiError> {
     let account = owned(db, identity, id).await?;
+    let in_use = Action::find()
+        .filter(action::Column::RootTenantId.eq(account.root_tenant_id.as_str()))
+        .filter(action::Column::CarrierAccountId.eq(account.id.as_str()))
+        .count(db)
+        .await?;
+    if in_use > 0 {
+        return Err(ApiError::InUse(format!(
+            "{in_use} action(s) use this carrier account"
+        )));
+    }
     CarrierAccount::delete_by_id((account.root_tenant_id, account.id))
         .exec(db)
         .await?;

@@ -1,6 +1,6 @@
 //! Validation and normalisation of device keys: the `INVALID_DEVICE_UID` rule of SPEC §5.
 
-use super::DeviceType;
+use super::{DeviceType, KeyKind};
 
 /// Why a device key was refused; the text becomes the result row's message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,21 +13,36 @@ pub enum InvalidUid {
     ImeiChecksum,
     #[error("a serial number has 8 to 20 letters or digits")]
     SerialFormat,
+    #[error("an ICCID has 19 or 20 digits")]
+    IccidFormat,
+    #[error("the ICCID fails its Luhn check digit")]
+    IccidChecksum,
     #[error("imei2: {0}")]
     Second(Box<InvalidUid>),
+    #[error("imei: {0}")]
+    Imei(Box<InvalidUid>),
 }
 
 /// The canonical key of a device as the file wrote it, or why it is not one.
 ///
 /// Surrounding whitespace is ignored; serial numbers compare case-insensitively, so they are
 /// upper-cased here and every later comparison is plain equality.
-pub fn normalize(device_type: DeviceType, raw: &str) -> Result<String, InvalidUid> {
+pub fn normalize(kind: impl Into<KeyKind>, raw: &str) -> Result<String, InvalidUid> {
     let key = raw.trim();
     if key.is_empty() {
         return Err(InvalidUid::Empty);
     }
-    match device_type {
-        DeviceType::Smartphone => {
+    match kind.into() {
+        KeyKind::Iccid => {
+            if !(19..=20).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InvalidUid::IccidFormat);
+            }
+            if !luhn_valid(key) {
+                return Err(InvalidUid::IccidChecksum);
+            }
+            Ok(key.to_owned())
+        }
+        KeyKind::Device(DeviceType::Smartphone) => {
             if key.len() != 15 || !key.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(InvalidUid::ImeiFormat);
             }
@@ -36,7 +51,7 @@ pub fn normalize(device_type: DeviceType, raw: &str) -> Result<String, InvalidUi
             }
             Ok(key.to_owned())
         }
-        DeviceType::Tablet => {
+        KeyKind::Device(DeviceType::Tablet) => {
             if !(8..=20).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(InvalidUid::SerialFormat);
             }
@@ -64,7 +79,8 @@ pub fn luhn_valid(digits: &str) -> bool {
     !digits.is_empty() && sum.is_multiple_of(10)
 }
 
-/// The digit that makes `body` (14 digits of an IMEI) Luhn-valid; for tests and demo data.
+/// The digit that makes `body` (14 digits of an IMEI, 18–19 of an ICCID) Luhn-valid; for
+/// tests and demo data.
 pub fn luhn_check_digit(body: &str) -> char {
     ('0'..='9')
         .find(|d| luhn_valid(&format!("{body}{d}")))
@@ -152,6 +168,21 @@ mod tests {
             bytes[pos] = b'0' + (bytes[pos] - b'0' + delta) % 10;
             let changed = String::from_utf8(bytes).unwrap();
             prop_assert_eq!(normalize(DeviceType::Smartphone, &changed), Err(InvalidUid::ImeiChecksum));
+        }
+
+        #[test]
+        fn iccids_of_19_or_20_digits_with_their_check_digit_are_valid(body in "[0-9]{18,19}", pos in 0usize..19, delta in 1u8..10) {
+            let iccid = format!("{body}{}", luhn_check_digit(&body));
+            prop_assert_eq!(normalize(KeyKind::Iccid, &format!(" {iccid} ")), Ok(iccid.clone()));
+            let mut bytes = iccid.into_bytes();
+            bytes[pos] = b'0' + (bytes[pos] - b'0' + delta) % 10;
+            let changed = String::from_utf8(bytes).unwrap();
+            prop_assert_eq!(normalize(KeyKind::Iccid, &changed), Err(InvalidUid::IccidChecksum));
+        }
+
+        #[test]
+        fn iccids_of_other_lengths_or_with_letters_are_refused(raw in "[0-9]{1,18}|[0-9]{21,25}|[0-9]{10}[A-F][0-9]{8}") {
+            prop_assert_eq!(normalize(KeyKind::Iccid, &raw), Err(InvalidUid::IccidFormat));
         }
 
         #[test]

@@ -1,5 +1,6 @@
 //! Domain vocabulary shared by the API and the pipeline: device types, device keys, tenancy.
 
+pub mod carrier_line;
 pub mod device_uid;
 pub mod tenancy;
 
@@ -26,5 +27,28 @@ impl DeviceType {
             Self::Smartphone => 1,
             Self::Tablet => 2,
         }
+    }
+}
+
+/// What the rows of an upload's file name a device by: the device type's own key, or (for
+/// a CARRIER_STATUS action) the SIM's ICCID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Device(DeviceType),
+    Iccid,
+}
+
+impl KeyKind {
+    pub fn of_upload(kind: entity::action::ActionKind, device_type: DeviceType) -> Self {
+        match kind {
+            entity::action::ActionKind::CarrierStatus => Self::Iccid,
+            _ => Self::Device(device_type),
+        }
+    }
+}
+
+impl From<DeviceType> for KeyKind {
+    fn from(device_type: DeviceType) -> Self {
+        Self::Device(device_type)
     }
 }

@@ -37,6 +37,19 @@ pub enum ActionKind {
     AssignWorkflow,
     ExitWorkflow,
     Deregister,
+    /// Changes each device's line status at a carrier (`targetCarrierStatus`, `carrierAccountId`).
+    CarrierStatus,
+}
+
+/// A line's status at the carrier: NEW → INVENTORY → PENDING_ACTIVATION → ACTIVE ⇄ DEACTIVATED.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[graphql(remote = "entity::carrier_status::CarrierStatus")]
+pub enum CarrierStatus {
+    New,
+    Inventory,
+    PendingActivation,
+    Active,
+    Deactivated,
 }
 
 /// What an upload does to each of its devices (`assignActionId`).
@@ -49,6 +62,10 @@ pub struct Action {
     pub kind: ActionKind,
     /// The service type REGISTER gives devices; null for the other kinds.
     pub target_service_type: Option<i32>,
+    /// The line status CARRIER_STATUS moves devices to; null for the other kinds.
+    pub target_carrier_status: Option<CarrierStatus>,
+    /// The carrier account CARRIER_STATUS calls; null for the other kinds.
+    pub carrier_account_id: Option<String>,
     pub created_at: AwsDateTime,
 }
 
@@ -60,6 +77,8 @@ impl From<action::Model> for Action {
             name: a.name,
             kind: a.kind.into(),
             target_service_type: a.target_service_type,
+            target_carrier_status: a.target_carrier_status.map(Into::into),
+            carrier_account_id: a.carrier_account_id,
             created_at: a.created_at.into(),
         }
     }
@@ -175,7 +194,9 @@ impl AdminMutation {
     }
 
     /// An action of `tenantId` (inherited by its workspaces). REGISTER needs
-    /// `targetServiceType`; the other kinds take none.
+    /// `targetServiceType`; CARRIER_STATUS needs `targetCarrierStatus` and the id of a carrier
+    /// account of the same customer; the other kinds take none.
+    #[allow(clippy::too_many_arguments)]
     async fn create_action(
         &self,
         ctx: &Context<'_>,
@@ -184,6 +205,8 @@ impl AdminMutation {
         name: String,
         kind: ActionKind,
         target_service_type: Option<i32>,
+        target_carrier_status: Option<CarrierStatus>,
+        carrier_account_id: Option<String>,
     ) -> GqlResult<Action> {
         async {
             let new = NewAction {
@@ -192,6 +215,8 @@ impl AdminMutation {
                 name: &name,
                 kind: kind.into(),
                 target_service_type,
+                target_carrier_status: target_carrier_status.map(Into::into),
+                carrier_account_id: carrier_account_id.as_deref(),
             };
             Ok(admin::create_action(&ctx.app()?.db, ctx.identity()?, new)
                 .await?

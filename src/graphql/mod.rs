@@ -2,6 +2,7 @@
 
 mod admin;
 mod carrier_accounts;
+mod carrier_calls;
 mod context;
 mod error_codes;
 pub mod limits;

@@ -106,6 +106,9 @@ pub struct UploadProgress {
     pub eta_seconds: Option<f64>,
     /// The latest few failed rows.
     pub recent_errors: Vec<BatchResult>,
+    /// Carrier actions: rows waiting for the carrier (to be sent, sent, or being verified),
+    /// not yet processed; 0 for other actions and once the upload has ended.
+    pub awaiting_carrier: i32,
 }
 
 impl UploadProgress {
@@ -134,6 +137,7 @@ impl UploadProgress {
             rows_per_second: figures.rows_per_second,
             eta_seconds: figures.eta_seconds,
             recent_errors,
+            awaiting_carrier: crate::uploads::awaiting_carrier(upload),
         }
     }
 }

@@ -96,6 +96,22 @@ impl Upload {
     ) -> GqlResult<BatchResultConnection> {
         upload_results::results(ctx, &self.0, first, after, outcome, error_code).await
     }
+    /// Carrier actions: the calls made to the carrier for this upload, oldest first, `first`
+    /// (default 20, at most 500) after the cursor `after`. Empty for other actions.
+    #[graphql(complexity = "super::upload_query::list_complexity(first, child_complexity)")]
+    async fn carrier_calls(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<super::carrier_calls::CarrierCallConnection> {
+        super::carrier_calls::carrier_calls(ctx, &self.0, first, after).await
+    }
+    /// Carrier actions: rows still waiting for the carrier (to be sent, sent, or being
+    /// verified); they have no result yet. 0 for other actions and once the upload has ended.
+    async fn awaiting_carrier(&self) -> i32 {
+        crate::uploads::awaiting_carrier(&self.0)
+    }
     /// A CSV of the failed rows: the file's header and each failed row as written, plus
     /// `rowNumber,errorCode,message`. Null until the upload has finished and its report is
     /// built (in the background, moments after the end: see `errorReportStatus`), and null

@@ -86,9 +86,19 @@ impl UploadQuery {
     }
 
     /// The CSV a valid file for `deviceType` starts with: the header line and an example row.
-    async fn batch_upload_template(&self, device_type: i32) -> GqlResult<String> {
+    /// With `actionKind: CARRIER_STATUS`, the layout of a carrier action's file (by ICCID).
+    async fn batch_upload_template(
+        &self,
+        device_type: i32,
+        action_kind: Option<super::admin::ActionKind>,
+    ) -> GqlResult<String> {
         let device_type = DeviceType::from_code(device_type).ok_or(ApiError::InvalidDeviceType);
-        device_type.map(crate::csv_format::template).gql()
+        device_type
+            .map(|t| {
+                let kind = action_kind.map_or(entity::action::ActionKind::Register, Into::into);
+                crate::csv_format::template(crate::domain::KeyKind::of_upload(kind, t))
+            })
+            .gql()
     }
 }
 

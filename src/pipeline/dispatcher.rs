@@ -27,8 +27,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, EntityTrait};
 
 use super::csv_file::{self, CsvFile, CsvRow, FileError};
 use super::fanout_window::Window;
-use crate::domain::DeviceType;
 use crate::domain::device_uid;
+use crate::domain::{DeviceType, KeyKind};
 use crate::queue::{ChunkJob, ChunkRows, FileRange, JobPayload, Queue, QueueError};
 use crate::storage::{ObjectReader, ObjectStore, StorageError, snapshot_key};
 use crate::webhook::Outbox;
@@ -163,6 +163,7 @@ impl Dispatcher<'_> {
                 .reject(&upload, "the upload names an unknown device type".into())
                 .await;
         };
+        let keys = KeyKind::of_upload(upload.action_kind, device_type);
 
         let source = snapshot_key(&upload.object_key);
         if self.storage.head(&source).await?.is_none() {
@@ -177,12 +178,11 @@ impl Dispatcher<'_> {
             }
         }
 
-        let rows =
-            match csv_file::validate(self.storage.get(&source).await?, device_type, self.max_rows).await {
-                Ok(rows) => rows,
-                Err(e) if e.is_transient() => return Err(DispatchError::Read(e)),
-                Err(e) => return self.reject(&upload, e.to_string()).await,
-            };
+        let rows = match csv_file::validate(self.storage.get(&source).await?, keys, self.max_rows).await {
+            Ok(rows) => rows,
+            Err(e) if e.is_transient() => return Err(DispatchError::Read(e)),
+            Err(e) => return self.reject(&upload, e.to_string()).await,
+        };
         let Some(chunk_size) = self.start(&upload, rows).await? else {
             let now = Upload::find_by_id(upload_id)
                 .one(self.db)
@@ -201,7 +201,7 @@ impl Dispatcher<'_> {
         // A dispatch run again (redelivered, or resumed by the sweeper) starts over with the
         // chunks already applied counted as such.
         let room = self.window.room(0, 0);
-        self.fan_out(&upload, device_type, &source, chunk_size, 0, room)
+        self.fan_out(&upload, keys, &source, chunk_size, 0, room)
             .await
             .map(|done| self.outcome(upload_id, rows, done))
     }
@@ -223,6 +223,7 @@ impl Dispatcher<'_> {
                 .reject(&upload, "the upload names an unknown device type".into())
                 .await;
         };
+        let keys = KeyKind::of_upload(upload.action_kind, device_type);
         let chunk_size = upload
             .chunk_size
             .and_then(|s| usize::try_from(s).ok())
@@ -250,7 +251,7 @@ impl Dispatcher<'_> {
             });
         };
         let source = snapshot_key(&upload.object_key);
-        self.fan_out(&upload, device_type, &source, chunk_size, from, room)
+        self.fan_out(&upload, keys, &source, chunk_size, from, room)
             .await
             .map(|done| self.outcome(upload_id, rows, done))
     }
@@ -365,7 +366,7 @@ impl Dispatcher<'_> {
     async fn fan_out(
         &self,
         upload: &upload::Model,
-        device_type: DeviceType,
+        keys: KeyKind,
         source: &str,
         chunk_size: usize,
         from: i32,
@@ -377,7 +378,7 @@ impl Dispatcher<'_> {
             match self.paused.and_then(|p| p.take(upload.id, from)) {
                 Some(p) => (p.file, p.seen, from, Some(p.peeked), p.next_start),
                 None => {
-                    let file = CsvFile::open(self.storage.get(source).await?, device_type)
+                    let file = CsvFile::open(self.storage.get(source).await?, keys)
                         .await
                         .map_err(DispatchError::Read)?;
                     let start = file.offset();
@@ -398,7 +399,7 @@ impl Dispatcher<'_> {
                     None => break,
                 },
             };
-            let duplicate = match device_uid::normalize(device_type, &row.uid) {
+            let duplicate = match device_uid::normalize(keys, &row.uid) {
                 Ok(key) => !seen.insert(dedupe_key(&key)),
                 // Invalid keys fail on their own; they cannot repeat a device.
                 Err(_) => false,
@@ -513,8 +514,9 @@ pub async fn fail_upload(
 }
 
 /// A normalised key packed into 16 bytes, so the set of keys seen stays compact (about
-/// 16 MiB per million rows) and exact: an IMEI is a 15-digit number; a serial number is
-/// up to 20 base-36 digits (< 36^20 < 2^104), kept apart by its length.
+/// 16 MiB per million rows) and exact: an IMEI is a 15-digit number, an ICCID a 19–20-digit
+/// one; a serial number is up to 20 base-36 digits (< 36^20 < 2^104), kept apart by its
+/// length.
 pub fn dedupe_key(normalized: &str) -> u128 {
     let value = normalized.bytes().fold(0u128, |acc, b| {
         let digit = match b {

@@ -1,6 +1,8 @@
 //! The processing pipeline: the dispatcher reads an uploaded file into chunk jobs, workers
-//! decide each row's outcome with pure rules and apply it in one transaction per chunk.
+//! decide each row's outcome with pure rules and apply it in one transaction per chunk;
+//! rows of a carrier action then go through the carrier (`carrier_calls`).
 
+pub mod carrier_calls;
 pub mod chunk_rows;
 mod chunk_txn;
 pub mod csv_file;

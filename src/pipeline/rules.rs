@@ -5,8 +5,9 @@
 use entity::action::ActionKind;
 use entity::device::state;
 
-use crate::domain::DeviceType;
+use crate::domain::carrier_line::{self, CarrierStatus, Operation};
 use crate::domain::device_uid::{self, InvalidUid};
+use crate::domain::{DeviceType, KeyKind};
 
 /// Row errors, in the order SPEC §5 checks them: the first that applies is the row's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +20,14 @@ pub enum RowError {
     WrongServiceType,
     AlreadyInWorkflow,
     NoWorkflowToExit,
+    /// CARRIER_STATUS: the matrix has no move from the line's status to the target.
+    InvalidStatusTransition,
+    /// The carrier refused the device (its message is the row's).
+    CarrierRejected,
+    /// The carrier accepted the call but did not confirm the new status in time.
+    CarrierVerificationTimeout,
+    /// The carrier kept failing (rate limits, errors, timeouts) through every attempt.
+    CarrierUnavailable,
 }
 
 impl RowError {
@@ -32,6 +41,10 @@ impl RowError {
             Self::WrongServiceType => "WRONG_SERVICE_TYPE",
             Self::AlreadyInWorkflow => "ALREADY_IN_WORKFLOW",
             Self::NoWorkflowToExit => "NO_WORKFLOW_TO_EXIT",
+            Self::InvalidStatusTransition => "INVALID_STATUS_TRANSITION",
+            Self::CarrierRejected => "CARRIER_REJECTED",
+            Self::CarrierVerificationTimeout => "CARRIER_VERIFICATION_TIMEOUT",
+            Self::CarrierUnavailable => "CARRIER_UNAVAILABLE",
         }
     }
 }
@@ -48,6 +61,8 @@ pub struct ActionContext {
     /// The workflow to assign (REGISTER, ASSIGN_WORKFLOW) and its service type.
     pub workflow: Option<(String, i32)>,
     pub brand_id: Option<i32>,
+    /// CARRIER_STATUS's target line status.
+    pub target_carrier_status: Option<CarrierStatus>,
 }
 
 impl ActionContext {
@@ -55,6 +70,11 @@ impl ActionContext {
     /// otherwise it fails `DEVICE_NOT_FOUND`.
     pub fn creates_missing_devices(&self) -> bool {
         self.kind == ActionKind::Register
+    }
+
+    /// What the rows name a device by.
+    pub fn key_kind(&self) -> KeyKind {
+        KeyKind::of_upload(self.kind, self.device_type)
     }
 }
 
@@ -66,6 +86,8 @@ pub struct DeviceView {
     pub state: i16,
     pub service_type: i32,
     pub workflow_id: Option<String>,
+    /// The line's status at the carrier; `None` reads as NEW.
+    pub carrier_status: Option<CarrierStatus>,
 }
 
 /// A row as the worker sees it: its key already checked, and whether it repeats an
@@ -73,21 +95,26 @@ pub struct DeviceView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowInput {
     pub key: Result<String, InvalidUid>,
-    /// A smartphone's second IMEI, checked like the first.
+    /// A smartphone's second IMEI, or a line's IMEI: checked like a first IMEI.
     pub key2: Option<String>,
     pub duplicate: bool,
 }
 
 impl RowInput {
     /// A second IMEI that is present but invalid makes the row invalid: silently dropping
-    /// what the operator wrote would register a device differently than asked.
-    pub fn new(device_type: DeviceType, raw_uid: &str, raw_uid2: Option<&str>, duplicate: bool) -> Self {
-        let second = match (device_type, raw_uid2.map(str::trim).filter(|s| !s.is_empty())) {
-            (DeviceType::Smartphone, Some(raw)) => Some(device_uid::normalize(device_type, raw)),
+    /// what the operator wrote would register a device differently than asked (or send the
+    /// carrier a line with a wrong device).
+    pub fn new(kind: impl Into<KeyKind>, raw_uid: &str, raw_uid2: Option<&str>, duplicate: bool) -> Self {
+        let kind = kind.into();
+        let second = match (kind, raw_uid2.map(str::trim).filter(|s| !s.is_empty())) {
+            (KeyKind::Device(DeviceType::Smartphone) | KeyKind::Iccid, Some(raw)) => {
+                Some(device_uid::normalize(DeviceType::Smartphone, raw))
+            }
             _ => None,
         };
-        let (key, key2) = match (device_uid::normalize(device_type, raw_uid), second) {
+        let (key, key2) = match (device_uid::normalize(kind, raw_uid), second) {
             (Err(e), _) => (Err(e), None),
+            (Ok(_), Some(Err(e))) if kind == KeyKind::Iccid => (Err(InvalidUid::Imei(Box::new(e))), None),
             (Ok(_), Some(Err(e))) => (Err(InvalidUid::Second(Box::new(e))), None),
             (Ok(k), Some(Ok(k2))) => (Ok(k), Some(k2)),
             (Ok(k), None) => (Ok(k), None),
@@ -122,6 +149,12 @@ pub enum Effect {
     },
     Deregister {
         device_id: i64,
+    },
+    /// CARRIER_STATUS: the row's line is moved by this carrier call; the row's result waits
+    /// for the carrier.
+    CarrierCall {
+        device_id: i64,
+        operation: Operation,
     },
 }
 
@@ -231,6 +264,24 @@ pub fn decide(row: &RowInput, device: Option<&DeviceView>, ctx: &ActionContext) 
             }
             Decision::Success(Effect::Deregister { device_id: id })
         }
+        ActionKind::CarrierStatus => {
+            let from = device.carrier_status.unwrap_or(CarrierStatus::New);
+            let to = ctx.target_carrier_status.unwrap_or(CarrierStatus::New);
+            match carrier_line::transition(from, to) {
+                Some(operation) => Decision::Success(Effect::CarrierCall {
+                    device_id: id,
+                    operation,
+                }),
+                None => fail(
+                    RowError::InvalidStatusTransition,
+                    format!(
+                        "the line is {} at the carrier; it cannot be moved to {}",
+                        carrier_line::name(from),
+                        carrier_line::name(to)
+                    ),
+                ),
+            }
+        }
     }
 }
 
@@ -250,6 +301,7 @@ mod tests {
     use proptest::prelude::*;
 
     const IMEI: &str = "490154203237518";
+    const ICCID: &str = "89014103211118510720";
 
     fn ctx(kind: ActionKind, workflow: Option<i32>) -> ActionContext {
         ActionContext {
@@ -259,6 +311,7 @@ mod tests {
             target_service_type: 2,
             workflow: workflow.map(|st| ("wf".to_owned(), st)),
             brand_id: None,
+            target_carrier_status: (kind == ActionKind::CarrierStatus).then_some(CarrierStatus::Active),
         }
     }
 
@@ -269,6 +322,7 @@ mod tests {
             state,
             service_type,
             workflow_id: workflow.then(|| "w0".to_owned()),
+            carrier_status: None,
         }
     }
 
@@ -411,6 +465,47 @@ mod tests {
     }
 
     #[test]
+    fn a_carrier_action_moves_only_lines_the_matrix_allows_and_never_creates() {
+        let c = ctx(ActionKind::CarrierStatus, None);
+        let line = RowInput::new(KeyKind::Iccid, ICCID, Some(IMEI), false);
+        assert_eq!(
+            (line.lookup_key(), line.key2.as_deref()),
+            (Some(ICCID), Some(IMEI))
+        );
+        assert_eq!(error_of(decide(&line, None, &c)), Some(RowError::DeviceNotFound));
+        let with = |cs| DeviceView {
+            carrier_status: cs,
+            ..device("demo", state::READY_FOR_USE, 2, true)
+        };
+        assert_eq!(
+            error_of(decide(&line, Some(&with(None)), &c)),
+            Some(RowError::InvalidStatusTransition)
+        );
+        assert_eq!(
+            decide(&line, Some(&with(Some(CarrierStatus::Inventory))), &c),
+            Decision::Success(Effect::CarrierCall {
+                device_id: 9,
+                operation: Operation::Activate
+            })
+        );
+        let other = DeviceView {
+            tenant_id: "acme".into(),
+            ..with(Some(CarrierStatus::Inventory))
+        };
+        assert_eq!(
+            error_of(decide(&line, Some(&other), &c)),
+            Some(RowError::DeviceOwnedByOtherTenant)
+        );
+        let bad_imei = RowInput::new(KeyKind::Iccid, ICCID, Some("123"), false);
+        assert_eq!(
+            error_of(decide(&bad_imei, None, &c)),
+            Some(RowError::InvalidDeviceUid)
+        );
+        let an_imei_as_iccid = RowInput::new(KeyKind::Iccid, IMEI, None, false);
+        assert_eq!(an_imei_as_iccid.key, Err(InvalidUid::IccidFormat));
+    }
+
+    #[test]
     fn key_and_duplicate_errors_come_first() {
         let bad = RowInput::new(DeviceType::Smartphone, "490154203237519", None, true);
         assert_eq!(
@@ -430,7 +525,18 @@ mod tests {
             Just(ActionKind::Register),
             Just(ActionKind::AssignWorkflow),
             Just(ActionKind::ExitWorkflow),
-            Just(ActionKind::Deregister)
+            Just(ActionKind::Deregister),
+            Just(ActionKind::CarrierStatus)
+        ]
+    }
+
+    fn carrier_statuses() -> impl Strategy<Value = CarrierStatus> {
+        prop_oneof![
+            Just(CarrierStatus::New),
+            Just(CarrierStatus::Inventory),
+            Just(CarrierStatus::PendingActivation),
+            Just(CarrierStatus::Active),
+            Just(CarrierStatus::Deactivated)
         ]
     }
 
@@ -441,22 +547,29 @@ mod tests {
                 prop_oneof![Just(1i16), Just(2), Just(4), Just(5), Just(3)],
                 prop_oneof![Just(2), Just(6)],
                 any::<bool>(),
+                proptest::option::of(carrier_statuses()),
             )
-                .prop_map(|(t, s, st, wf)| device(t, s, st, wf)),
+                .prop_map(|(t, s, st, wf, cs)| DeviceView {
+                    carrier_status: cs,
+                    ..device(t, s, st, wf)
+                }),
         )
     }
 
-    fn rows() -> impl Strategy<Value = RowInput> {
+    fn rows(kind: ActionKind) -> impl Strategy<Value = RowInput> {
         let keys = || {
             prop_oneof![
                 Just(IMEI.to_owned()),
+                Just(ICCID.to_owned()),
                 Just("490154203237519".to_owned()),
                 "[0-9]{15}",
+                "[0-9]{19,20}",
                 ".{0,20}"
             ]
         };
+        let key_kind = KeyKind::of_upload(kind, DeviceType::Smartphone);
         (keys(), proptest::option::of(keys()), any::<bool>())
-            .prop_map(|(raw, raw2, dup)| RowInput::new(DeviceType::Smartphone, &raw, raw2.as_deref(), dup))
+            .prop_map(move |(raw, raw2, dup)| RowInput::new(key_kind, &raw, raw2.as_deref(), dup))
     }
 
     /// Every check of SPEC §5 evaluated independently; the decision must report the first
@@ -470,13 +583,23 @@ mod tests {
             errors.push(RowError::DuplicateInFile);
         }
         match d {
-            None if c.kind != ActionKind::Register => errors.push(RowError::DeviceNotFound),
+            None if !c.creates_missing_devices() => errors.push(RowError::DeviceNotFound),
             None => {}
             Some(d) => {
                 if d.tenant_id != c.target_tenant {
                     errors.push(RowError::DeviceOwnedByOtherTenant);
                 }
+                if c.kind == ActionKind::CarrierStatus {
+                    let from = d.carrier_status.unwrap_or(CarrierStatus::New);
+                    if carrier_line::transition(from, c.target_carrier_status.unwrap_or(CarrierStatus::New))
+                        .is_none()
+                    {
+                        errors.push(RowError::InvalidStatusTransition);
+                    }
+                    return errors;
+                }
                 let state_ok = match c.kind {
+                    ActionKind::CarrierStatus => unreachable!("returned above"),
                     ActionKind::Register => d.state == state::IDLE,
                     ActionKind::AssignWorkflow => {
                         [state::READY_FOR_USE, state::ACTIVE, state::LOCKED].contains(&d.state)
@@ -495,7 +618,7 @@ mod tests {
                 let blocks_workflow = match c.kind {
                     ActionKind::Register => c.workflow.is_some(),
                     ActionKind::AssignWorkflow | ActionKind::Deregister => true,
-                    ActionKind::ExitWorkflow => false,
+                    ActionKind::ExitWorkflow | ActionKind::CarrierStatus => false,
                 };
                 if blocks_workflow && d.workflow_id.is_some() {
                     errors.push(RowError::AlreadyInWorkflow);
@@ -511,9 +634,15 @@ mod tests {
     proptest! {
         #[test]
         fn each_row_gets_exactly_the_first_applicable_error_or_success(
-            row in rows(), device in devices(), kind in kinds(), workflow in proptest::option::of(prop_oneof![Just(2), Just(6)])
+            (kind, row) in kinds().prop_flat_map(|k| (Just(k), rows(k))),
+            device in devices(),
+            workflow in proptest::option::of(prop_oneof![Just(2), Just(6)]),
+            target in carrier_statuses(),
         ) {
-            let c = ctx(kind, workflow);
+            let c = ActionContext {
+                target_carrier_status: (kind == ActionKind::CarrierStatus).then_some(target),
+                ..ctx(kind, workflow)
+            };
             let decision = decide(&row, device.as_ref(), &c);
             let expected = applicable(&row, device.as_ref(), &c).into_iter().min();
             prop_assert_eq!(error_of(decision.clone()), expected);
@@ -525,7 +654,8 @@ mod tests {
                     (_, Some(d)) => {
                         let names_it = matches!(effect,
                             Effect::Register { device_id } | Effect::AssignWorkflow { device_id }
-                            | Effect::ExitWorkflow { device_id } | Effect::Deregister { device_id } if device_id == d.id);
+                            | Effect::ExitWorkflow { device_id } | Effect::Deregister { device_id }
+                            | Effect::CarrierCall { device_id, .. } if device_id == d.id);
                         prop_assert!(names_it, "{:?} on device {}", effect, d.id);
                     }
                     (_, None) => prop_assert!(false, "an effect on a missing device"),

@@ -149,6 +149,8 @@ pub struct Pipeline {
     recovered: OnceCell<()>,
     /// The embedded data dir's lock, held while this process runs workers.
     sole: Mutex<Option<std::fs::File>>,
+    /// Calls carriers for the rows of carrier actions, alongside the job workers.
+    carrier: Option<Arc<super::carrier_calls::CarrierExecutor>>,
 }
 
 /// What follows a job that succeeded.
@@ -186,7 +188,14 @@ impl Pipeline {
             paused: PausedFanOuts::default(),
             recovered: OnceCell::new(),
             sole: Mutex::new(None),
+            carrier: None,
         }
+    }
+
+    /// Rows of carrier actions are taken on by `executor` in every process that runs workers.
+    pub fn with_carrier(mut self, executor: super::carrier_calls::CarrierExecutor) -> Self {
+        self.carrier = Some(Arc::new(executor));
+        self
     }
 
     /// Shutdown, restart and sweeping as `settlement` says (default: a 20 s grace period,
@@ -207,6 +216,11 @@ impl Pipeline {
     pub fn with_outbox(mut self, outbox: Outbox) -> Self {
         self.outbox = outbox;
         self
+    }
+
+    /// The carrier executor of this process, if it has one (tests step it directly).
+    pub fn carrier(&self) -> Option<Arc<super::carrier_calls::CarrierExecutor>> {
+        self.carrier.clone()
     }
 
     /// Takes one job (dispatch jobs first) and handles it, without waiting for work.
@@ -595,6 +609,9 @@ impl Pipeline {
             handles.push(tokio::spawn(
                 async move { pipeline.rescue_periodically(stop).await },
             ));
+            if let Some(carrier) = &self.carrier {
+                handles.push(tokio::spawn(carrier.clone().run(shutdown.clone())));
+            }
             if !self.settlement.sweep_interval.is_zero() {
                 let (pipeline, stop) = (self.clone(), shutdown);
                 handles.push(tokio::spawn(

@@ -118,13 +118,15 @@ impl Sweeper<'_> {
         // One statement, so the upload and its jobs are read in one snapshot.
         // Uploads something works on are left out here already, so that the page of
         // candidates holds only ones that may need the sweeper; `$5` also leaves out
-        // PROCESSING uploads while chunks may still wait unseen on SQS.
+        // PROCESSING uploads while chunks may still wait unseen on SQS, and those whose rows
+        // wait for the carrier (the carrier executors move them on).
         const SQL: &str = "SELECT u.id, u.status, \
                (SELECT COUNT(*) FROM jobs j WHERE j.upload_id = u.id AND j.state IN ('available', 'running')) AS live_jobs, \
                (SELECT COUNT(*) FROM jobs j WHERE j.upload_id = u.id AND j.state = 'dead' AND j.queue IN ($2, $3)) AS dead_jobs \
              FROM uploads u \
              WHERE u.status IN ('QUEUED', $5) AND u.updated_at <= $1 \
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.state IN ('available', 'running')) \
+               AND NOT EXISTS (SELECT 1 FROM carrier_intents c WHERE c.upload_id = u.id AND c.state <> 'DONE') \
              ORDER BY u.updated_at LIMIT $4";
         let processing_too = match chunks {
             ChunkQueue::JobTable | ChunkQueue::External { backlog: Some(0) } => "PROCESSING",

@@ -21,7 +21,8 @@ use super::chunk_rows;
 use super::chunk_txn::{ChunkTxn, is_unique_violation, push_copy_text};
 use super::csv_file::FileError;
 use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
-use crate::domain::DeviceType;
+use crate::domain::carrier_line::Operation;
+use crate::domain::{DeviceType, KeyKind};
 use crate::queue::{ChunkJob, ChunkRow};
 use crate::storage::{ObjectStore, StorageError};
 use crate::webhook::Outbox;
@@ -120,7 +121,7 @@ pub async fn apply_chunk(
 
     let inputs: Vec<RowInput> = rows
         .iter()
-        .map(|r| RowInput::new(ctx.device_type, &r.uid, r.uid2.as_deref(), r.duplicate))
+        .map(|r| RowInput::new(ctx.key_kind(), &r.uid, r.uid2.as_deref(), r.duplicate))
         .collect();
     let keys: Vec<&str> = inputs.iter().filter_map(RowInput::lookup_key).collect();
     let mark = Instant::now();
@@ -134,7 +135,7 @@ pub async fn apply_chunk(
     let devices = if create_first {
         HashMap::new()
     } else {
-        load_devices(&txn, ctx.device_type, &keys).await?
+        load_devices(&txn, ctx.key_kind(), &keys).await?
     };
     let lookup = mark.elapsed();
     let mut decisions: Vec<Decision> = inputs
@@ -157,7 +158,7 @@ pub async fn apply_chunk(
             .collect();
         if !raced.is_empty() {
             let keys: Vec<&str> = raced.iter().filter_map(|&i| inputs[i].lookup_key()).collect();
-            let now_there = load_devices(&txn, ctx.device_type, &keys).await?;
+            let now_there = load_devices(&txn, ctx.key_kind(), &keys).await?;
             for i in raced {
                 decisions[i] = decide(
                     &inputs[i],
@@ -168,6 +169,21 @@ pub async fn apply_chunk(
         }
     }
     apply_updates(&txn, &ctx, &decisions, now).await?;
+    // Rows for the carrier get their result when the carrier has answered and confirmed.
+    let carrier_rows = carrier_intents(rows, &inputs, &decisions);
+    let (rows, decisions) = if carrier_rows.is_empty() {
+        (std::borrow::Cow::Borrowed(rows), decisions)
+    } else {
+        super::carrier_calls::record_intents(&txn, &upload, &carrier_rows, now).await?;
+        let (kept_rows, kept): (Vec<ChunkRow>, Vec<Decision>) = rows
+            .iter()
+            .cloned()
+            .zip(decisions)
+            .filter(|(_, d)| !matches!(d, Decision::Success(Effect::CarrierCall { .. })))
+            .unzip();
+        (std::borrow::Cow::Owned(kept_rows), kept)
+    };
+    let rows = rows.as_ref();
     let effects = mark.elapsed();
 
     let mark = Instant::now();
@@ -213,6 +229,28 @@ pub async fn apply_chunk(
     })
 }
 
+/// The rows the rules sent to the carrier: (row number, device, ICCID, IMEI, call).
+fn carrier_intents<'a>(
+    rows: &[ChunkRow],
+    inputs: &'a [RowInput],
+    decisions: &[Decision],
+) -> Vec<(i32, i64, &'a str, Option<&'a str>, Operation)> {
+    rows.iter()
+        .zip(inputs)
+        .zip(decisions)
+        .filter_map(|((row, input), decision)| match decision {
+            Decision::Success(Effect::CarrierCall { device_id, operation }) => Some((
+                row.row_number,
+                *device_id,
+                input.lookup_key()?,
+                input.key2.as_deref(),
+                *operation,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Adds a committed chunk's rows to the row counters, one increment per outcome and code.
 fn count_rows(decisions: &[Decision]) {
     let mut by_code: HashMap<&'static str, u64> = HashMap::new();
@@ -242,6 +280,7 @@ fn action_context(upload: &upload::Model) -> Result<ActionContext, ChunkError> {
             .clone()
             .map(|id| (id, upload.workflow_service_type.unwrap_or_default())),
         brand_id: upload.brand_id,
+        target_carrier_status: upload.action_carrier_status,
     })
 }
 
@@ -249,21 +288,33 @@ fn action_context(upload: &upload::Model) -> Result<ActionContext, ChunkError> {
 /// transaction already holds the database's write lock).
 async fn load_devices(
     txn: &ChunkTxn,
-    device_type: DeviceType,
+    key_kind: KeyKind,
     keys: &[&str],
 ) -> Result<HashMap<String, DeviceView>, DbErr> {
     let mut found = HashMap::with_capacity(keys.len());
     if keys.is_empty() {
         return Ok(found);
     }
+    // Lines are found by their SIM, whatever the device type; devices by type and key.
+    let (device_type, key_column) = match key_kind {
+        KeyKind::Device(device_type) => (device_type.code(), "uid"),
+        KeyKind::Iccid => (0, "iccid"),
+    };
+    let type_filter = if key_kind == KeyKind::Iccid {
+        "$1 = 0"
+    } else {
+        "device_type = $1"
+    };
     if txn.get_database_backend() == DbBackend::Postgres {
         // One array parameter instead of thousands of placeholders.
         // Locked in key order: two chunks over the same devices (two uploads, the rows in
         // any order) take their locks in the same sequence, so one waits and none deadlocks.
-        const SQL: &str = "SELECT id, tenant_id, uid, state, service_type, workflow_id FROM devices \
-                           WHERE device_type = $1 AND uid = ANY($2) ORDER BY uid FOR UPDATE";
+        let sql = format!(
+            "SELECT id, tenant_id, {key_column} AS uid, state, service_type, workflow_id, carrier_status \
+             FROM devices WHERE {type_filter} AND {key_column} = ANY($2) ORDER BY {key_column} FOR UPDATE"
+        );
         let values = [
-            device_type.code().into(),
+            device_type.into(),
             text_array(keys.iter().map(|k| Some((*k).to_owned()))),
         ];
         // Always by the unique index: at most a chunk's keys of probes, whatever the table's
@@ -272,7 +323,7 @@ async fn load_devices(
         // a plan made while the table was small. Only for this statement.
         txn.execute_unprepared("SET LOCAL enable_seqscan = off").await?;
         let rows = txn
-            .query_all(crate::db::stmt(DbBackend::Postgres, SQL, values))
+            .query_all(crate::db::stmt(DbBackend::Postgres, &sql, values))
             .await?;
         txn.execute_unprepared("SET LOCAL enable_seqscan TO DEFAULT")
             .await?;
@@ -282,11 +333,13 @@ async fn load_devices(
         return Ok(found);
     }
     // SQLite: the keys as one JSON parameter; each is a probe of the unique index.
-    const SQL: &str = "SELECT id, tenant_id, uid, state, service_type, workflow_id FROM devices \
-                       WHERE device_type = $1 AND uid IN (SELECT value FROM json_each($2))";
-    let values = [device_type.code().into(), json_text(&keys)?.into()];
+    let sql = format!(
+        "SELECT id, tenant_id, {key_column} AS uid, state, service_type, workflow_id, carrier_status FROM devices \
+         WHERE {type_filter} AND {key_column} IN (SELECT value FROM json_each($2))"
+    );
+    let values = [device_type.into(), json_text(&keys)?.into()];
     for row in txn
-        .query_all(crate::db::stmt(DbBackend::Sqlite, SQL, values))
+        .query_all(crate::db::stmt(DbBackend::Sqlite, &sql, values))
         .await?
     {
         found.insert(row.try_get("", "uid")?, device_view(&row)?);
@@ -301,6 +354,7 @@ fn device_view(row: &sea_orm::QueryResult) -> Result<DeviceView, DbErr> {
         state: row.try_get("", "state")?,
         service_type: row.try_get("", "service_type")?,
         workflow_id: row.try_get("", "workflow_id")?,
+        carrier_status: row.try_get("", "carrier_status")?,
     })
 }
 
@@ -463,6 +517,8 @@ async fn apply_updates(
             entity::action::ActionKind::Deregister => {
                 update.col_expr(device::Column::State, Expr::value(state::IDLE))
             }
+            // A line changes when the carrier confirms it (`carrier_calls`), not here.
+            entity::action::ActionKind::CarrierStatus => return Ok(()),
         };
         update
             .filter(device::Column::Id.is_in(slice.iter().copied()))
@@ -588,8 +644,8 @@ fn result_rows(upload_id: i64, rows: &[ChunkRow], decisions: &[Decision]) -> Vec
 /// the terminal state exists). Concurrent chunks serialise on the upload's row, so each sees
 /// the others' committed counts and exactly one of them completes it. `None` when the upload
 /// left PROCESSING meanwhile.
-async fn add_to_counters(
-    txn: &ChunkTxn,
+pub(super) async fn add_to_counters(
+    txn: &impl ConnectionTrait,
     upload_id: i64,
     succeeded: i32,
     failed: i32,

@@ -72,7 +72,8 @@ where
     let device_type = DeviceType::from_code(upload.device_type.into()).ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!("upload {} has an unknown device type", upload.id))
     })?;
-    let file = CsvFile::open_verbatim(storage.get(&snapshot_key(&upload.object_key)).await?, device_type)
+    let keys = crate::domain::KeyKind::of_upload(upload.action_kind, device_type);
+    let file = CsvFile::open_verbatim(storage.get(&snapshot_key(&upload.object_key)).await?, keys)
         .await
         .map_err(MergeError::from)?;
     if layout == Layout::RetryUnfinished {

@@ -70,6 +70,16 @@ async fn workflow_in_scope(
         .ok_or(ApiError::WorkflowNotFound)
 }
 
+/// Rows of a carrier action waiting for the carrier. An ended upload (cancelled, or failed
+/// by refused credentials) leaves its remaining rows without results: none waits any more.
+pub fn awaiting_carrier(upload: &entity::upload::Model) -> i32 {
+    if upload.status.is_terminal() {
+        0
+    } else {
+        upload.carrier_pending.max(0)
+    }
+}
+
 /// The upload-level rules of SPEC §3 about an action and its workflow, checked once at
 /// prepare (and again when finalize swaps the workflow), never per row.
 fn check_action_workflow(action: &action::Model, workflow: Option<&workflow::Model>) -> Result<(), ApiError> {
@@ -104,6 +114,8 @@ mod tests {
             name: "a".into(),
             kind,
             target_service_type: target,
+            target_carrier_status: None,
+            carrier_account_id: None,
             created_at: Utc::now(),
         }
     }

@@ -1,8 +1,9 @@
 //! `prepareBatchUpload`: every upload-level check, then a PREPARED upload and a signed POST.
 
 use chrono::Utc;
+use entity::prelude::CarrierAccount;
 use entity::upload::{self, UploadStatus};
-use sea_orm::{ActiveModelTrait, Set};
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 
 use super::{action_in_scope, check_action_workflow, sign_upload, workflow_in_scope};
 use crate::access::{self, TenantScope};
@@ -87,6 +88,13 @@ pub(super) async fn check(
         None => None,
     };
     check_action_workflow(&action, workflow.as_ref())?;
+    if let Some(account) = &action.carrier_account_id {
+        // The account may have been deleted since the action was made.
+        CarrierAccount::find_by_id((action.root_tenant_id.clone(), account.clone()))
+            .one(db)
+            .await?
+            .ok_or(ApiError::CarrierAccountNotFound)?;
+    }
     Ok(Checked {
         scope,
         target,
@@ -122,6 +130,12 @@ impl Checked {
             action_id: Set(action.id),
             action_kind: Set(action.kind),
             action_service_type: Set(action.target_service_type),
+            action_carrier_status: Set(action.target_carrier_status),
+            carrier_root_tenant_id: Set(action
+                .carrier_account_id
+                .is_some()
+                .then(|| action.root_tenant_id.clone())),
+            carrier_account_id: Set(action.carrier_account_id),
             workflow_service_type: Set(workflow.as_ref().map(|w| w.service_type)),
             workflow_id: Set(workflow.map(|w| w.id)),
             brand_id: Set(input.brand_id),

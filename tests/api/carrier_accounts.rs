@@ -354,7 +354,8 @@ with_key_on_both_backends! {
 /// everything else (uploads, the rest of the catalog, listing, deleting) works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_key_on_a_shared_database_only_account_writes_are_refused() {
-    let app = spawn_app(Backend::Postgres).await;
+    // The harness gives every app a key; this one runs without.
+    let app = spawn_app_with(Backend::Postgres, |s| s.carrier_secret_key = None).await;
     assert!(app.state.carrier_secrets.is_none());
     assert!(
         !app.data_dir

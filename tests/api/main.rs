@@ -9,6 +9,7 @@ mod api_contract;
 mod auth;
 mod browser;
 mod cancel;
+mod carrier;
 mod carrier_accounts;
 mod carrier_sim;
 mod chunk_identity;

@@ -83,7 +83,7 @@ impl Drop for WorkerProcess {
 }
 
 /// Polls the upload until it is terminal (bounded: a stuck pipeline fails the test).
-async fn wait_until_finished(app: &TestApp, id: &str, limit: Duration) -> Value {
+pub(crate) async fn wait_until_finished(app: &TestApp, id: &str, limit: Duration) -> Value {
     let started = Instant::now();
     loop {
         let upload = app.upload_state(&app.alice(), "demo", id).await;

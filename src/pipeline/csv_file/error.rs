@@ -8,7 +8,7 @@ use tokio::io::AsyncRead;
 
 use super::scanner::{Problem, Scanner};
 use super::{MAX_ROW_BYTES, column_names, type_name};
-use crate::domain::DeviceType;
+use crate::domain::KeyKind;
 
 /// Column names quoted in a missing-key-column error, and the characters kept of each.
 const LISTED_COLUMNS: usize = 10;
@@ -66,8 +66,8 @@ impl FileError {
     }
 }
 
-pub(super) fn missing_key_column(device_type: DeviceType, headers: &[String]) -> FileError {
-    let (names, _) = column_names(device_type);
+pub(super) fn missing_key_column(kind: KeyKind, headers: &[String]) -> FileError {
+    let (names, _) = column_names(kind);
     let mut found: Vec<String> = headers
         .iter()
         .take(LISTED_COLUMNS)
@@ -96,7 +96,7 @@ pub(super) fn missing_key_column(device_type: DeviceType, headers: &[String]) ->
         }
     }
     FileError::MissingKeyColumn {
-        device_type: type_name(device_type),
+        device_type: type_name(kind),
         expected: names[0],
         aliases: names[1..].join(", "),
         found,

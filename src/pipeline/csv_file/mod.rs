@@ -28,7 +28,7 @@ pub use error::FileError;
 use error::{file_error, missing_key_column};
 use scanner::{Scanner, Tape};
 
-use crate::domain::DeviceType;
+use crate::domain::{DeviceType, KeyKind};
 
 /// The longest row accepted, in bytes. A device row is a few dozen bytes; the bound keeps the
 /// parser's memory flat and stops a missing closing quote from swallowing the whole file.
@@ -40,18 +40,21 @@ const SNIFF_BYTES: usize = 1024;
 const BUFFER_BYTES: usize = 64 * 1024;
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Accepted names of the key column in priority order, and the name of the second key column.
-fn column_names(device_type: DeviceType) -> (&'static [&'static str], Option<&'static str>) {
-    match device_type {
-        DeviceType::Smartphone => (&["imei", "deviceUid", "IMEI"], Some("imei2")),
-        DeviceType::Tablet => (&["serialNumber", "serial_number", "deviceUid"], None),
+/// Accepted names of the key column in priority order, and the name of the second key column
+/// (a smartphone's second IMEI; a line's IMEI).
+fn column_names(kind: KeyKind) -> (&'static [&'static str], Option<&'static str>) {
+    match kind {
+        KeyKind::Device(DeviceType::Smartphone) => (&["imei", "deviceUid", "IMEI"], Some("imei2")),
+        KeyKind::Device(DeviceType::Tablet) => (&["serialNumber", "serial_number", "deviceUid"], None),
+        KeyKind::Iccid => (&["iccid", "ICCID"], Some("imei")),
     }
 }
 
-fn type_name(device_type: DeviceType) -> &'static str {
-    match device_type {
-        DeviceType::Smartphone => "SMARTPHONE",
-        DeviceType::Tablet => "TABLET",
+fn type_name(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Device(DeviceType::Smartphone) => "SMARTPHONE",
+        KeyKind::Device(DeviceType::Tablet) => "TABLET",
+        KeyKind::Iccid => "a CARRIER_STATUS action",
     }
 }
 
@@ -88,19 +91,19 @@ pub struct CsvFile<R> {
 }
 
 impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
-    /// Reads the header and finds the key columns of `device_type`.
-    pub async fn open(reader: R, device_type: DeviceType) -> Result<Self, FileError> {
-        Self::open_with(reader, device_type, false).await
+    /// Reads the header and finds the key columns of `kind` (a device type, or lines).
+    pub async fn open(reader: R, kind: impl Into<KeyKind>) -> Result<Self, FileError> {
+        Self::open_with(reader, kind.into(), false).await
     }
 
     /// As [`CsvFile::open`], keeping the bytes of the header and of each row as written, so
     /// rows can be copied out with their quoting untouched. Memory stays bounded: bytes are
     /// released once the row after them is read.
-    pub async fn open_verbatim(reader: R, device_type: DeviceType) -> Result<Self, FileError> {
-        Self::open_with(reader, device_type, true).await
+    pub async fn open_verbatim(reader: R, kind: impl Into<KeyKind>) -> Result<Self, FileError> {
+        Self::open_with(reader, kind.into(), true).await
     }
 
-    async fn open_with(mut reader: R, device_type: DeviceType, verbatim: bool) -> Result<Self, FileError> {
+    async fn open_with(mut reader: R, kind: KeyKind, verbatim: bool) -> Result<Self, FileError> {
         let mut head = vec![0u8; SNIFF_BYTES];
         let mut len = 0;
         while len < head.len() {
@@ -151,11 +154,11 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
         let headers: Vec<String> = header.iter().map(str::to_owned).collect();
         let span = (header.position().map_or(0, |p| p.byte()), csv.position().byte());
 
-        let (names, second) = column_names(device_type);
+        let (names, second) = column_names(kind);
         let key = names
             .iter()
             .find_map(|name| column(&headers, name))
-            .ok_or_else(|| missing_key_column(device_type, &headers))?;
+            .ok_or_else(|| missing_key_column(kind, &headers))?;
         let key2 = second.and_then(|name| column(&headers, name));
         Ok(Self {
             csv,
@@ -301,10 +304,10 @@ fn parser<R: AsyncRead + Unpin + Send>(scanner: Scanner<R>) -> AsyncReader<Scann
 /// over `max_rows`.
 pub async fn validate<R: AsyncRead + Unpin + Send>(
     reader: R,
-    device_type: DeviceType,
+    kind: impl Into<KeyKind>,
     max_rows: u32,
 ) -> Result<u32, FileError> {
-    let mut file = CsvFile::open(reader, device_type).await?;
+    let mut file = CsvFile::open(reader, kind).await?;
     let mut record = StringRecord::new();
     let mut rows = 0u32;
     while file.read_into(&mut record).await?.is_some() {
