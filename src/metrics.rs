@@ -43,6 +43,8 @@ pub const WEBSOCKET_CONNECTIONS: &str = "fleetload_websocket_connections";
 pub const WEBSOCKET_SUBSCRIPTIONS: &str = "fleetload_websocket_subscriptions";
 /// Webhook calls, by `result` (`delivered`, `retried`, `dropped`, `given_up`).
 pub const WEBHOOK_DELIVERIES: &str = "fleetload_webhook_deliveries_total";
+/// Calls to carriers (carrier actions), by `operation` and `outcome`.
+pub const CARRIER_CALLS: &str = "fleetload_carrier_calls_total";
 /// Database pool connections, by `pool` (`api` | `pipeline`) and `state` (`in_use` | `idle`).
 pub const DB_POOL_CONNECTIONS: &str = "fleetload_db_pool_connections";
 
@@ -116,6 +118,11 @@ pub const ALL: &[(&str, Kind, &str)] = &[
         "Subscriptions running on WebSocket connections, by protocol.",
     ),
     (WEBHOOK_DELIVERIES, Kind::Counter, "Webhook calls by result."),
+    (
+        CARRIER_CALLS,
+        Kind::Counter,
+        "Calls to carriers by operation (TOKEN, SESSION, ADD, ACTIVATE, DEACTIVATE, STATUS) and outcome.",
+    ),
     (
         DB_POOL_CONNECTIONS,
         Kind::Gauge,
@@ -198,6 +205,7 @@ fn register_known_series() {
     for result in ["delivered", "retried", "dropped", "given_up"] {
         counter!(WEBHOOK_DELIVERIES, "result" => result).absolute(0);
     }
+    counter!(CARRIER_CALLS, "operation" => "STATUS", "outcome" => "OK").absolute(0);
     let _ = histogram!(CHUNK_DURATION);
     let _ = histogram!(DISPATCH_DURATION);
 }
@@ -289,6 +297,11 @@ pub fn upload_finished(status: entity::upload::UploadStatus) {
 /// Rows of one committed chunk, by outcome and error code.
 pub fn rows(outcome: &'static str, error_code: &'static str, n: u64) {
     counter!(ROWS, "outcome" => outcome, "error_code" => error_code).increment(n);
+}
+
+/// A call to a carrier ended with `outcome` (the audit trail's words).
+pub fn carrier_call(operation: &'static str, outcome: &'static str) {
+    counter!(CARRIER_CALLS, "operation" => operation, "outcome" => outcome).increment(1);
 }
 
 /// A chunk job ended with `result`; `elapsed` is its transaction's time when it ran one.

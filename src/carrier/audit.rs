@@ -47,6 +47,7 @@ pub async fn record(
             ],
         ))
         .await?;
+        crate::metrics::carrier_call(r.operation, r.outcome);
     }
     Ok(())
 }

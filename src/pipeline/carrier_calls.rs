@@ -155,29 +155,30 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
 /// What a status poll of a VERIFYING row says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AfterPoll {
-    Confirmed,
+    /// The carrier reports the target: the line as it reports it (MSISDN, IP address).
+    Confirmed(LineState),
     Fail(RowError, String),
     PollAgain,
 }
 
-pub fn after_poll(line: Option<&LineState>, target: CarrierStatus, past_deadline: bool) -> AfterPoll {
-    match line {
-        None => AfterPoll::Fail(
+pub fn after_poll(line: Option<LineState>, target: CarrierStatus, past_deadline: bool) -> AfterPoll {
+    let Some(line) = line else {
+        return AfterPoll::Fail(
             RowError::CarrierRejected,
             "the carrier does not know the line".into(),
-        ),
-        Some(l) if carrier_line::from_wire(&l.state).is_some_and(|s| carrier_line::confirms(target, s)) => {
-            AfterPoll::Confirmed
-        }
-        Some(l) if past_deadline => AfterPoll::Fail(
+        );
+    };
+    match carrier_line::from_wire(&line.state) {
+        Some(status) if carrier_line::confirms(target, status) => AfterPoll::Confirmed(line),
+        _ if past_deadline => AfterPoll::Fail(
             RowError::CarrierVerificationTimeout,
             format!(
                 "the carrier still reports the line {:?}, not {}",
-                l.state,
+                line.state,
                 carrier_line::name(target)
             ),
         ),
-        Some(_) => AfterPoll::PollAgain,
+        _ => AfterPoll::PollAgain,
     }
 }
 
@@ -638,11 +639,8 @@ impl CarrierExecutor {
                 }
                 (_, Ok(line)) => {
                     let past = intent.verify_deadline.is_none_or(|d| d <= now);
-                    match after_poll(line.as_ref(), intent.target, past) {
-                        AfterPoll::Confirmed => settled.results.push((
-                            intent.clone(),
-                            Ok(line.unwrap_or_else(|| unreachable_line(intent))),
-                        )),
+                    match after_poll(line, intent.target, past) {
+                        AfterPoll::Confirmed(line) => settled.results.push((intent.clone(), Ok(line))),
                         AfterPoll::Fail(code, message) => {
                             settled.results.push((intent.clone(), Err((code, message))))
                         }
@@ -774,6 +772,7 @@ impl CarrierExecutor {
             .await?;
         }
         let (mut succeeded, mut failed) = (0, 0);
+        let mut codes: Vec<&'static str> = Vec::new();
         for (intent, result) in &settled.results {
             // The intent is closed first: a row whose intent was closed by another round
             // already has its result.
@@ -809,6 +808,7 @@ impl CarrierExecutor {
                 }
                 Err((code, message)) => {
                     failed += 1;
+                    codes.push(code.code());
                     ("FAIL", Some(code.code()), Some(message.clone()))
                 }
             };
@@ -844,6 +844,7 @@ impl CarrierExecutor {
                 Some(status) if status.is_terminal() => {
                     self.outbox.upload_finished(&txn, upload_id).await?;
                     txn.commit().await?;
+                    count_rows(succeeded, &codes);
                     crate::metrics::upload_finished(status);
                     tracing::info!(upload_pk = upload_id, ?status, "upload finished");
                     self.progress.changed(upload_id).await;
@@ -852,6 +853,7 @@ impl CarrierExecutor {
                 Some(_) => {}
             }
             txn.commit().await?;
+            count_rows(succeeded, &codes);
             self.progress.changed(upload_id).await;
             return Ok(());
         }
@@ -859,14 +861,13 @@ impl CarrierExecutor {
     }
 }
 
-/// A confirmed poll always has its line; kept total instead of panicking.
-fn unreachable_line(intent: &Intent) -> LineState {
-    LineState {
-        iccid: intent.iccid.clone(),
-        state: String::new(),
-        msisdn: None,
-        ip_address: None,
-        last_client_request_id: None,
+/// Adds committed results to the row counters, as the chunk workers do for theirs.
+fn count_rows(succeeded: i32, failed_codes: &[&'static str]) {
+    if succeeded > 0 {
+        crate::metrics::rows("SUCCESS", "", u64::try_from(succeeded).unwrap_or(0));
+    }
+    for code in failed_codes {
+        crate::metrics::rows("FAIL", code, 1);
     }
 }
 
@@ -991,15 +992,15 @@ mod tests {
             last_client_request_id: None,
         };
         assert_eq!(
-            after_poll(Some(&line("active")), CarrierStatus::Active, false),
-            AfterPoll::Confirmed
+            after_poll(Some(line("active")), CarrierStatus::Active, false),
+            AfterPoll::Confirmed(line("active"))
         );
         assert_eq!(
-            after_poll(Some(&line("pending activation")), CarrierStatus::Active, false),
+            after_poll(Some(line("pending activation")), CarrierStatus::Active, false),
             AfterPoll::PollAgain
         );
         assert!(matches!(
-            after_poll(Some(&line("pending activation")), CarrierStatus::Active, true),
+            after_poll(Some(line("pending activation")), CarrierStatus::Active, true),
             AfterPoll::Fail(RowError::CarrierVerificationTimeout, _)
         ));
         assert!(matches!(

@@ -54,7 +54,7 @@ fn type_name(kind: KeyKind) -> &'static str {
     match kind {
         KeyKind::Device(DeviceType::Smartphone) => "SMARTPHONE",
         KeyKind::Device(DeviceType::Tablet) => "TABLET",
-        KeyKind::Iccid => "a CARRIER_STATUS action",
+        KeyKind::Iccid => "CARRIER_STATUS",
     }
 }
 

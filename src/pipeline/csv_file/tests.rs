@@ -476,6 +476,28 @@ async fn a_header_without_the_key_column_names_it_its_aliases_and_the_columns_fo
 }
 
 #[tokio::test]
+async fn a_carrier_file_needs_an_iccid_column_and_reads_the_imei_beside_it() {
+    use crate::domain::KeyKind;
+    let Err(err) = CsvFile::open(Cursor::new(b"imei\n490154203237518\n".to_vec()), KeyKind::Iccid).await
+    else {
+        panic!("a carrier file without iccid opened")
+    };
+    assert_eq!(
+        err.to_string(),
+        "the header has no iccid column, which CARRIER_STATUS files need (also accepted: ICCID); \
+         columns found: \"imei\""
+    );
+    let file = CsvFile::open(
+        Cursor::new(b"IMEI,ICCID\n490154203237518,89014103211118510720\n".to_vec()),
+        KeyKind::Iccid,
+    )
+    .await
+    .unwrap();
+    let rows = read_all(file).await.unwrap();
+    assert_eq!(rows, [row(1, "89014103211118510720", Some("490154203237518"))]);
+}
+
+#[tokio::test]
 async fn a_long_header_is_listed_truncated() {
     let long = "x".repeat(100);
     let mut names: Vec<String> = (0..24).map(|i| format!("c{i}")).collect();
