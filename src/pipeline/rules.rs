@@ -180,6 +180,11 @@ pub fn decide(row: &RowInput, device: Option<&DeviceView>, ctx: &ActionContext) 
     let Some(device) = device else {
         return if ctx.creates_missing_devices() {
             Decision::Success(Effect::Create)
+        } else if ctx.kind == ActionKind::CarrierStatus {
+            fail(
+                RowError::DeviceNotFound,
+                "no device has this SIM, and no imei names a smartphone without one".into(),
+            )
         } else {
             fail(RowError::DeviceNotFound, "no device with this key".into())
         };

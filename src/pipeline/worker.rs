@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use entity::action::ActionKind;
 use entity::device::{self, state};
 use entity::prelude::*;
 use entity::upload::{self, UploadStatus};
@@ -137,11 +138,41 @@ pub async fn apply_chunk(
     } else {
         load_devices(&txn, ctx.key_kind(), &keys).await?
     };
+    // A carrier row whose SIM no device has yet names the smartphone of its IMEI, if that
+    // has no SIM: the line is attached to it with the row's carrier call.
+    let phones = if ctx.kind == ActionKind::CarrierStatus {
+        let imeis: Vec<&str> = inputs
+            .iter()
+            .filter(|r| r.lookup_key().is_some_and(|k| !devices.contains_key(k)))
+            .filter_map(|r| r.key2.as_deref())
+            .collect();
+        phones_without_sim(&txn, &imeis).await?
+    } else {
+        HashMap::new()
+    };
     let lookup = mark.elapsed();
+    let mut attach: Vec<(i64, &str)> = Vec::new();
     let mut decisions: Vec<Decision> = inputs
         .iter()
-        .map(|row| decide(row, row.lookup_key().and_then(|k| devices.get(k)), &ctx))
+        .map(|row| {
+            let key = row.lookup_key();
+            if let Some(device) = key.and_then(|k| devices.get(k)) {
+                return decide(row, Some(device), &ctx);
+            }
+            let phone = row
+                .key2
+                .as_deref()
+                .and_then(|imei| phones.get(imei))
+                .filter(|phone| attach.iter().all(|(id, _)| *id != phone.id));
+            let decision = decide(row, phone, &ctx);
+            if let (Decision::Success(Effect::CarrierCall { device_id, .. }), Some(iccid)) = (&decision, key)
+            {
+                attach.push((*device_id, iccid));
+            }
+            decision
+        })
         .collect();
+    attach_sims(&txn, &attach, now).await?;
 
     let mark = Instant::now();
     let to_create: Vec<usize> = (0..decisions.len())
@@ -229,6 +260,29 @@ pub async fn apply_chunk(
     })
 }
 
+/// Gives each device its new SIM (rows of a carrier action that found the device by its IMEI).
+/// Only a device still without one: an earlier chunk that attached another SIM meanwhile
+/// holds the row lock, so this chunk sees its SIM, or the unique index refuses a SIM taken
+/// by another device and the chunk runs again, finding it by that SIM.
+async fn attach_sims(txn: &ChunkTxn, attach: &[(i64, &str)], now: DateTime<Utc>) -> Result<(), DbErr> {
+    for (device_id, iccid) in attach {
+        let attached = txn
+            .execute(crate::db::stmt(
+                txn.get_database_backend(),
+                "UPDATE devices SET iccid = $2, updated_at = $3 WHERE id = $1 AND iccid IS NULL",
+                [(*device_id).into(), (*iccid).into(), now.into()],
+            ))
+            .await?
+            .rows_affected();
+        if attached != 1 {
+            return Err(DbErr::Custom(format!(
+                "device {device_id} took another SIM meanwhile"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The rows the rules sent to the carrier: (row number, device, ICCID, IMEI, call).
 fn carrier_intents<'a>(
     rows: &[ChunkRow],
@@ -291,6 +345,20 @@ async fn load_devices(
     key_kind: KeyKind,
     keys: &[&str],
 ) -> Result<HashMap<String, DeviceView>, DbErr> {
+    lookup(txn, key_kind, keys, false).await
+}
+
+/// The smartphones of these IMEIs that have no SIM yet, locked as [`load_devices`] does.
+async fn phones_without_sim(txn: &ChunkTxn, imeis: &[&str]) -> Result<HashMap<String, DeviceView>, DbErr> {
+    lookup(txn, KeyKind::Device(DeviceType::Smartphone), imeis, true).await
+}
+
+async fn lookup(
+    txn: &ChunkTxn,
+    key_kind: KeyKind,
+    keys: &[&str],
+    without_sim: bool,
+) -> Result<HashMap<String, DeviceView>, DbErr> {
     let mut found = HashMap::with_capacity(keys.len());
     if keys.is_empty() {
         return Ok(found);
@@ -300,10 +368,10 @@ async fn load_devices(
         KeyKind::Device(device_type) => (device_type.code(), "uid"),
         KeyKind::Iccid => (0, "iccid"),
     };
-    let type_filter = if key_kind == KeyKind::Iccid {
-        "$1 = 0"
-    } else {
-        "device_type = $1"
+    let type_filter = match (key_kind, without_sim) {
+        (KeyKind::Iccid, _) => "$1 = 0",
+        (_, false) => "device_type = $1",
+        (_, true) => "device_type = $1 AND iccid IS NULL",
     };
     if txn.get_database_backend() == DbBackend::Postgres {
         // One array parameter instead of thousands of placeholders.

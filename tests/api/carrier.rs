@@ -275,6 +275,60 @@ on_both_backends! {
         assert_eq!(sim.stats().requests_total, 0, "a row decided by the rules reached the carrier");
     }
 
+    async fn a_new_sim_is_added_at_the_carrier_and_attached_to_the_smartphone_of_its_imei(app: TestApp) {
+        let app = respawn_with(app, quick).await;
+        let sim = CarrierSim::start(sim_config()).await.unwrap();
+        // Three smartphones without SIMs; a fourth already has one.
+        let phones = imeis(9, 4);
+        let now = chrono::Utc::now();
+        for (i, imei) in phones.iter().enumerate() {
+            entity::prelude::Device::insert(entity::device::ActiveModel {
+                tenant_id: Set("demo".into()),
+                device_type: Set(1),
+                uid: Set(imei.clone()),
+                state: Set(entity::device::state::READY_FOR_USE),
+                service_type: Set(2),
+                iccid: Set((i == 3).then(|| iccids(10, 1).remove(0))),
+                created_at: Set(now),
+                updated_at: Set(now),
+                ..Default::default()
+            })
+            .exec_without_returning(&app.state.db)
+            .await
+            .unwrap();
+        }
+        carrier_action(&app, sim.url(), 100, 10, "INVENTORY").await;
+        let sims = iccids(11, 5);
+        let file = format!(
+            "iccid,imei\n{},{}\n{},{}\n{},{}\n{},{}\n{},\n",
+            sims[0], phones[0], sims[1], phones[1], sims[2], phones[1], sims[3], phones[3], sims[4]
+        );
+
+        let id = app
+            .upload_csv(&app.alice(), json!({"assignActionId": "activate-lines", "rowCount": 5}), file)
+            .await;
+        let upload = run_to_end(&app, &id, Duration::from_secs(60)).await;
+
+        assert_eq!(upload["status"], "COMPLETED_WITH_ERRORS", "{upload}");
+        let results = app.results(&id).await;
+        let got: Vec<Option<&str>> = results.iter().map(|r| r.3.as_deref()).collect();
+        // Rows 1 and 2 take phones 0 and 1; row 3 names phone 1 again with another SIM; phone 3
+        // has another SIM; row 5 has no IMEI to find a device by.
+        assert_eq!(
+            got,
+            [None, None, Some("DEVICE_NOT_FOUND"), Some("DEVICE_NOT_FOUND"), Some("DEVICE_NOT_FOUND")]
+        );
+        let stored = entity::prelude::Device::find().all(&app.state.db).await.unwrap();
+        for (phone, sim_id) in [(&phones[0], &sims[0]), (&phones[1], &sims[1])] {
+            let device = stored.iter().find(|d| &d.uid == phone).unwrap();
+            assert_eq!(device.iccid.as_ref(), Some(sim_id));
+            assert_eq!(device.carrier_status, Some(entity::carrier_status::CarrierStatus::Inventory));
+        }
+        assert!(stored.iter().find(|d| d.uid == phones[2]).unwrap().iccid.is_none());
+        assert_once(&sim, &sims[..2]);
+        assert_eq!(sim.state(&sims[0]), Some(SimState::Inventory));
+    }
+
     async fn lines_not_confirmed_in_time_fail_with_a_verification_timeout(app: TestApp) {
         let app = respawn_with(app, |s| {
             quick(s);
