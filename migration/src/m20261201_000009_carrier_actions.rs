@@ -65,7 +65,6 @@ impl MigrationTrait for Migration {
                 .alter_table(Table::alter().table(table).add_column(column.null()).to_owned())
                 .await?;
         }
-        // One device per SIM, across tenants (NULLs do not collide on either database).
         // Rows of an upload waiting for the carrier: kept with the counters, in the same
         // transactions, so progress shows it without counting intents.
         manager
@@ -81,13 +80,16 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // One device per SIM, across tenants. Partial: devices without a SIM (every device a
+        // REGISTER creates) add no index entry, so the bulk path pays nothing for it.
         manager
             .create_index(
                 Index::create()
-                    .name("idx_devices_iccid")
+                    .name("ux_devices_iccid")
                     .table(Alias::new("devices"))
                     .col(Alias::new("iccid"))
                     .unique()
+                    .and_where(Expr::col(Alias::new("iccid")).is_not_null())
                     .to_owned(),
             )
             .await?;
@@ -164,7 +166,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_carrier_intents_row")
+                    .name("ux_carrier_intents_row")
                     .table(CarrierIntents::Table)
                     .col(CarrierIntents::UploadId)
                     .col(CarrierIntents::RowNumber)
@@ -176,7 +178,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_carrier_intents_due")
+                    .name("ix_carrier_intents_due")
                     .table(CarrierIntents::Table)
                     .col(CarrierIntents::State)
                     .col(CarrierIntents::NextAt)
@@ -216,7 +218,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_carrier_calls_upload")
+                    .name("ix_carrier_calls_upload")
                     .table(CarrierCalls::Table)
                     .col(CarrierCalls::UploadId)
                     .col(CarrierCalls::Id)
@@ -277,7 +279,7 @@ impl MigrationTrait for Migration {
         manager
             .drop_index(
                 Index::drop()
-                    .name("idx_devices_iccid")
+                    .name("ux_devices_iccid")
                     .table(Alias::new("devices"))
                     .to_owned(),
             )
