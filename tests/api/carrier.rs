@@ -502,8 +502,19 @@ async fn ten_thousand_lines_through_two_workers_under_faults_are_exact_and_withi
     let id = upload_lines(&app, &lines).await;
 
     let env = carrier_worker_env(&app);
+    let started = Instant::now();
     let _workers = [WorkerProcess::spawn(&env), WorkerProcess::spawn(&env)];
     let upload = wait_until_finished(&app, &id, Duration::from_secs(300)).await;
+    let stats = sim.stats();
+    println!(
+        "{N} lines through 2 worker processes at {RATE}/s: {:.1} s; carrier calls {:?}; \
+         429s {}, 500s {}; most requests in one second {}",
+        started.elapsed().as_secs_f64(),
+        calls_by_operation(&app).await,
+        stats.served_429,
+        stats.served_500,
+        stats.max_requests_in_any_second
+    );
 
     assert_eq!(upload["status"], "COMPLETED_WITH_ERRORS", "{upload}");
     assert_eq!(
