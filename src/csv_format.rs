@@ -8,6 +8,6 @@ pub fn template(kind: impl Into<KeyKind>) -> String {
     match kind.into() {
         KeyKind::Device(DeviceType::Smartphone) => "imei,imei2\r\n490154203237518,\r\n".to_owned(),
         KeyKind::Device(DeviceType::Tablet) => "serialNumber\r\nR52N80ABCDE\r\n".to_owned(),
-        KeyKind::Iccid => "iccid,imei\r\n89014103211118510720,490154203237518\r\n".to_owned(),
+        KeyKind::Iccid => "iccid,imei,servicePlan\r\n89014103211118510720,490154203237518,\r\n".to_owned(),
     }
 }

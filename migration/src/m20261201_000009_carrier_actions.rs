@@ -110,6 +110,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(CarrierIntents::DeviceId).big_integer().not_null())
                     .col(ColumnDef::new(CarrierIntents::Iccid).string().not_null())
                     .col(ColumnDef::new(CarrierIntents::Imei).string().null())
+                    .col(ColumnDef::new(CarrierIntents::ServicePlan).string().null())
                     .col(ColumnDef::new(CarrierIntents::RootTenantId).string().not_null())
                     .col(
                         ColumnDef::new(CarrierIntents::CarrierAccountId)
@@ -318,6 +319,7 @@ enum CarrierIntents {
     DeviceId,
     Iccid,
     Imei,
+    ServicePlan,
     RootTenantId,
     CarrierAccountId,
     Operation,

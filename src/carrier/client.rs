@@ -176,6 +176,7 @@ impl CarrierClient {
         tokens: &Tokens,
         operation: Operation,
         account: &str,
+        service_plan: Option<&str>,
         lines: &[Line<'_>],
     ) -> (Result<Vec<DeviceAnswer>, CallError>, CallRecord) {
         let devices: Vec<serde_json::Value> = lines
@@ -188,7 +189,10 @@ impl CarrierClient {
                 serde_json::json!({"deviceIds": ids, "clientRequestId": l.client_request_id})
             })
             .collect();
-        let body = serde_json::json!({ "accountName": account, "devices": devices });
+        let mut body = serde_json::json!({ "accountName": account, "devices": devices });
+        if let Some(plan) = service_plan {
+            body["servicePlan"] = plan.into();
+        }
         let started = Instant::now();
         let sent = self
             .authorized(
@@ -214,8 +218,11 @@ impl CarrierClient {
             error_message: Option<String>,
         }
         let got = answer::<Answer>(sent).await;
+        let plan = service_plan
+            .map(|p| format!(" on plan {}", clip(p)))
+            .unwrap_or_default();
         let request = format!(
-            "{} of {} line(s): {}",
+            "{} of {} line(s){plan}: {}",
             operation.as_str(),
             lines.len(),
             clip(&lines.iter().map(|l| l.iccid).collect::<Vec<_>>().join(","))

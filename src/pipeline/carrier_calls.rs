@@ -182,6 +182,13 @@ pub fn after_poll(line: Option<LineState>, target: CarrierStatus, past_deadline:
     }
 }
 
+/// What a round works on: the oldest due intent's upload, operation and service plan.
+struct Due {
+    upload_id: i64,
+    operation: String,
+    service_plan: Option<String>,
+}
+
 /// One claimed intent.
 #[derive(Clone, Debug)]
 struct Intent {
@@ -296,32 +303,33 @@ impl CarrierExecutor {
         Ok(())
     }
 
-    /// The upload and operation of the oldest due intent in `state`, of an upload still
-    /// processing.
-    async fn due(&self, state: &str) -> Result<Option<(i64, String)>, DbErr> {
+    /// The oldest due intent in `state` of an upload still processing: which upload,
+    /// operation and service plan a round works on.
+    async fn due(&self, state: &str) -> Result<Option<Due>, DbErr> {
         let row = self
             .db
             .query_one(stmt(
                 self.db.get_database_backend(),
-                "SELECT i.upload_id, i.operation FROM carrier_intents i JOIN uploads u ON u.id = i.upload_id \
+                "SELECT i.upload_id, i.operation, i.service_plan FROM carrier_intents i \
+                 JOIN uploads u ON u.id = i.upload_id \
                  WHERE i.state = $1 AND i.next_at <= $2 AND u.status = 'PROCESSING' ORDER BY i.next_at LIMIT 1",
                 [state.into(), Utc::now().into()],
             ))
             .await?;
-        row.map(|r| Ok((r.try_get("", "upload_id")?, r.try_get("", "operation")?)))
-            .transpose()
+        row.map(|r| {
+            Ok(Due {
+                upload_id: r.try_get("", "upload_id")?,
+                operation: r.try_get("", "operation")?,
+                service_plan: r.try_get("", "service_plan")?,
+            })
+        })
+        .transpose()
     }
 
-    /// Claims up to `limit` due intents of one upload and operation in `from`, moving them to
-    /// `to` with their lease (and a call counted when sending).
-    async fn claim(
-        &self,
-        from: &str,
-        to: &str,
-        upload_id: i64,
-        operation: &str,
-        limit: u32,
-    ) -> Result<Vec<Intent>, DbErr> {
+    /// Claims up to `limit` due intents of `due`'s upload and operation in `from`, moving
+    /// them to `to` with their lease. Claimed to be sent, they are counted a call and share
+    /// the service plan too: one call carries one plan.
+    async fn claim(&self, from: &str, to: &str, due: &Due, limit: u32) -> Result<Vec<Intent>, DbErr> {
         let backend = self.db.get_database_backend();
         let now = Utc::now();
         let lock = if backend == DbBackend::Postgres {
@@ -329,12 +337,16 @@ impl CarrierExecutor {
         } else {
             ""
         };
-        let count = if to == SENDING { "attempts + 1" } else { "attempts" };
+        let (count, same_plan) = match (to == SENDING, backend) {
+            (false, _) => ("attempts", "CAST($8 AS TEXT) IS NULL OR TRUE"),
+            (true, DbBackend::Postgres) => ("attempts + 1", "service_plan IS NOT DISTINCT FROM $8"),
+            (true, _) => ("attempts + 1", "service_plan IS $8"),
+        };
         // The pick is materialized: as a plain `IN (subquery)`, PostgreSQL may scan it again
         // per row, and with SKIP LOCKED each scan picks other rows, so the LIMIT would not hold.
         let sql = format!(
             "WITH picked AS MATERIALIZED (SELECT id FROM carrier_intents WHERE upload_id = $5 AND operation = $6 \
-             AND state = $4 AND next_at <= $3 ORDER BY id LIMIT $7 {lock}) \
+             AND state = $4 AND next_at <= $3 AND ({same_plan}) ORDER BY id LIMIT $7 {lock}) \
              UPDATE carrier_intents SET state = $1, next_at = $2, attempts = {count}, updated_at = $3 \
              WHERE state = $4 AND id IN (SELECT id FROM picked) RETURNING {INTENT_COLUMNS}"
         );
@@ -348,9 +360,10 @@ impl CarrierExecutor {
                     (now + self.settings.lease()).into(),
                     now.into(),
                     from.into(),
-                    upload_id.into(),
-                    operation.into(),
+                    due.upload_id.into(),
+                    due.operation.clone().into(),
                     i64::from(limit).into(),
+                    due.service_plan.clone().into(),
                 ],
             ))
             .await?;
@@ -397,30 +410,19 @@ impl CarrierExecutor {
     /// is held only for the call itself, far shorter than its lease, so no claim expires while
     /// its call may still be sent.
     async fn send_batch(&self) -> Result<bool, CarrierError> {
-        let Some((upload_id, operation)) = self.due(PENDING).await? else {
+        let Some(due) = self.due(PENDING).await? else {
             return Ok(false);
         };
-        let Some(creds) = self.upload_account(upload_id, &operation, PENDING).await? else {
+        let upload_id = due.upload_id;
+        let Some(creds) = self.upload_account(upload_id, &due.operation, PENDING).await? else {
             return Ok(true);
         };
         let Some(session) = self.logged_in(upload_id, &creds, None).await? else {
             return Ok(true);
         };
-        rate::take_slot(
-            &self.db,
-            &creds.root_tenant_id,
-            &creds.id,
-            creds.rate_limit_per_sec,
-        )
-        .await?;
+        self.slot(&creds).await?;
         let batch = self
-            .claim(
-                PENDING,
-                SENDING,
-                upload_id,
-                &operation,
-                creds.batch_size.clamp(1, 100),
-            )
+            .claim(PENDING, SENDING, &due, creds.batch_size.clamp(1, 100))
             .await?;
         if batch.is_empty() {
             return Ok(true);
@@ -440,6 +442,7 @@ impl CarrierExecutor {
                 &session.tokens,
                 batch[0].operation,
                 &creds.account_number,
+                due.service_plan.as_deref(),
                 &lines,
             )
             .await;
@@ -573,10 +576,11 @@ impl CarrierExecutor {
     /// Polls the due lines of one upload in `state` (UNSURE or VERIFYING): one status call
     /// each, within the account's rate limit.
     async fn poll_lines(&self, state: &'static str) -> Result<bool, CarrierError> {
-        let Some((upload_id, operation)) = self.due(state).await? else {
+        let Some(due) = self.due(state).await? else {
             return Ok(false);
         };
-        let Some(creds) = self.upload_account(upload_id, &operation, state).await? else {
+        let upload_id = due.upload_id;
+        let Some(creds) = self.upload_account(upload_id, &due.operation, state).await? else {
             return Ok(true);
         };
         let Some(mut session) = self.logged_in(upload_id, &creds, None).await? else {
@@ -585,13 +589,7 @@ impl CarrierExecutor {
         // The claim keeps the state; its lease is `next_at`. Status calls may be repeated
         // harmlessly, so a claim outlived by its polls costs at most a second poll.
         let batch = self
-            .claim(
-                state,
-                state,
-                upload_id,
-                &operation,
-                creds.batch_size.clamp(1, 100),
-            )
+            .claim(state, state, &due, creds.batch_size.clamp(1, 100))
             .await?;
         if batch.is_empty() {
             return Ok(true);
@@ -675,6 +673,17 @@ impl CarrierExecutor {
         Ok(true)
     }
 
+    /// Waits for the account's next call slot (shared by every process).
+    async fn slot(&self, creds: &CarrierCredentials) -> Result<(), DbErr> {
+        rate::take_slot(
+            &self.db,
+            &creds.root_tenant_id,
+            &creds.id,
+            creds.rate_limit_per_sec,
+        )
+        .await
+    }
+
     /// One status call for `intent`'s line, in the account's rate and the audit trail.
     async fn poll(
         &self,
@@ -683,13 +692,7 @@ impl CarrierExecutor {
         tokens: &Tokens,
         intent: &Intent,
     ) -> Result<Result<Option<LineState>, CallError>, DbErr> {
-        rate::take_slot(
-            &self.db,
-            &creds.root_tenant_id,
-            &creds.id,
-            creds.rate_limit_per_sec,
-        )
-        .await?;
+        self.slot(creds).await?;
         let (answer, record) = self.client.line(&creds.base_url, tokens, &intent.iccid).await;
         self.record(upload_id, creds, &[intent.row_number], &[record])
             .await?;
@@ -882,12 +885,23 @@ struct Settle {
     results: Vec<(Intent, RowResult)>,
 }
 
+/// A row the rules sent to the carrier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineRow<'a> {
+    pub row_number: i32,
+    pub device_id: i64,
+    pub iccid: &'a str,
+    pub imei: Option<&'a str>,
+    pub service_plan: Option<&'a str>,
+    pub operation: Operation,
+}
+
 /// Records, in the chunk's transaction, the intents of the rows the rules sent to the
 /// carrier; the unique `(upload_id, row_number)` keeps a row to one.
 pub async fn record_intents(
     txn: &impl ConnectionTrait,
     upload: &entity::upload::Model,
-    rows: &[(i32, i64, &str, Option<&str>, Operation)],
+    rows: &[LineRow<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     let (Some(root), Some(account), Some(target)) = (
@@ -909,23 +923,25 @@ pub async fn record_intents(
         ],
     ))
     .await?;
-    for (row_number, device_id, iccid, imei, operation) in rows {
+    for row in rows {
         txn.execute(stmt(
             txn.get_database_backend(),
-            "INSERT INTO carrier_intents (upload_id, row_number, device_id, iccid, imei, root_tenant_id, \
-             carrier_account_id, operation, target_status, client_request_id, state, attempts, next_at, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PENDING', 0, $11, $11, $11)",
+            "INSERT INTO carrier_intents (upload_id, row_number, device_id, iccid, imei, service_plan, \
+             root_tenant_id, carrier_account_id, operation, target_status, client_request_id, state, attempts, \
+             next_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'PENDING', 0, $12, $12, $12)",
             [
                 upload.id.into(),
-                (*row_number).into(),
-                (*device_id).into(),
-                (*iccid).into(),
-                imei.map(str::to_owned).into(),
+                row.row_number.into(),
+                row.device_id.into(),
+                row.iccid.into(),
+                row.imei.map(str::to_owned).into(),
+                row.service_plan.map(str::to_owned).into(),
                 root.into(),
                 account.into(),
-                operation.as_str().into(),
+                row.operation.as_str().into(),
                 carrier_line::name(target).into(),
-                format!("{}-{row_number}", upload.public_id).into(),
+                format!("{}-{}", upload.public_id, row.row_number).into(),
                 now.into(),
             ],
         ))

@@ -31,13 +31,15 @@ async fn read(
     let key2 = range.key2_column.map(column).transpose()?;
     let wanted = usize::try_from(range.rows).map_err(|_| inconsistent("a chunk too large"))?;
     let reader = storage.get_range(&range.key, range.start..range.end).await?;
+    let plan = range.plan_column.map(column).transpose()?;
     let mut file = CsvFile::resume(
         reader,
         range.start,
         column(range.key_column)?,
         key2,
         range.first_row,
-    );
+    )
+    .with_plan_column(plan);
     let duplicates: HashSet<i32> = range.duplicates.iter().copied().collect();
     // The job's own count bounds what is held, whatever the range holds.
     let mut rows = Vec::with_capacity(wanted.min(1 << 16));
@@ -52,6 +54,7 @@ async fn read(
             row_number: row.row_number,
             uid: row.uid,
             uid2: row.uid2,
+            plan: row.plan,
         });
     }
     if rows.len() != wanted {

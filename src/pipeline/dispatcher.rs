@@ -386,6 +386,7 @@ impl Dispatcher<'_> {
                 }
             };
         let (key, key2) = file.key_columns();
+        let plan = file.plan_column();
         let column = |c: usize| u32::try_from(c).unwrap_or(u32::MAX);
         let mut pending: Vec<JobPayload> = Vec::with_capacity(CHUNKS_PER_SEND);
         // The chunk being read; `start` is where it begins.
@@ -412,6 +413,7 @@ impl Dispatcher<'_> {
                 rows: 0,
                 key_column: column(key),
                 key2_column: key2.map(column),
+                plan_column: plan.map(column),
                 duplicates: Vec::new(),
             });
             current.rows += 1;
@@ -554,6 +556,7 @@ mod tests {
                 row_number: 1,
                 uid: String::new(),
                 uid2: None,
+                plan: None,
             },
             since: std::time::Instant::now(),
         }

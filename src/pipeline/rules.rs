@@ -14,6 +14,8 @@ use crate::domain::{DeviceType, KeyKind};
 pub enum RowError {
     InvalidDeviceUid,
     DuplicateInFile,
+    /// CARRIER_STATUS: the row's service plan is not one a carrier can be sent.
+    InvalidServicePlan,
     DeviceNotFound,
     DeviceOwnedByOtherTenant,
     WrongStateDevice,
@@ -35,6 +37,7 @@ impl RowError {
         match self {
             Self::InvalidDeviceUid => "INVALID_DEVICE_UID",
             Self::DuplicateInFile => "DUPLICATE_IN_FILE",
+            Self::InvalidServicePlan => "INVALID_SERVICE_PLAN",
             Self::DeviceNotFound => "DEVICE_NOT_FOUND",
             Self::DeviceOwnedByOtherTenant => "DEVICE_OWNED_BY_OTHER_TENANT",
             Self::WrongStateDevice => "WRONG_STATE_DEVICE",
@@ -98,6 +101,17 @@ pub struct RowInput {
     /// A smartphone's second IMEI, or a line's IMEI: checked like a first IMEI.
     pub key2: Option<String>,
     pub duplicate: bool,
+    /// A line's service plan cell (carrier actions), as written.
+    pub plan: Option<String>,
+}
+
+/// Longest service plan name sent to a carrier.
+pub const MAX_SERVICE_PLAN_CHARS: usize = 64;
+
+/// A service plan a carrier can be sent: 1 to 64 characters, none a control character.
+pub fn valid_service_plan(plan: &str) -> bool {
+    let chars = plan.chars().count();
+    (1..=MAX_SERVICE_PLAN_CHARS).contains(&chars) && !plan.chars().any(char::is_control)
 }
 
 impl RowInput {
@@ -119,7 +133,18 @@ impl RowInput {
             (Ok(k), Some(Ok(k2))) => (Ok(k), Some(k2)),
             (Ok(k), None) => (Ok(k), None),
         };
-        Self { key, key2, duplicate }
+        Self {
+            key,
+            key2,
+            duplicate,
+            plan: None,
+        }
+    }
+
+    /// The row with its service plan cell (a line's file may have one).
+    pub fn with_plan(mut self, plan: Option<&str>) -> Self {
+        self.plan = plan.map(str::to_owned);
+        self
     }
 
     /// The key the worker looks devices up by: valid rows that are not repeats.
@@ -175,6 +200,12 @@ pub fn decide(row: &RowInput, device: Option<&DeviceView>, ctx: &ActionContext) 
         return fail(
             RowError::DuplicateInFile,
             "an earlier row of the file has this device".into(),
+        );
+    }
+    if row.plan.as_deref().is_some_and(|p| !valid_service_plan(p)) {
+        return fail(
+            RowError::InvalidServicePlan,
+            format!("a service plan is 1 to {MAX_SERVICE_PLAN_CHARS} characters without control characters"),
         );
     }
     let Some(device) = device else {
@@ -573,8 +604,14 @@ mod tests {
             ]
         };
         let key_kind = KeyKind::of_upload(kind, DeviceType::Smartphone);
-        (keys(), proptest::option::of(keys()), any::<bool>())
-            .prop_map(move |(raw, raw2, dup)| RowInput::new(key_kind, &raw, raw2.as_deref(), dup))
+        // Only a line's file has a service plan column.
+        let plans = proptest::option::of(prop_oneof!["[ -~]{0,70}", ".{1,5}"])
+            .prop_map(move |plan| plan.filter(|_| kind == ActionKind::CarrierStatus));
+        (keys(), proptest::option::of(keys()), any::<bool>(), plans).prop_map(
+            move |(raw, raw2, dup, plan)| {
+                RowInput::new(key_kind, &raw, raw2.as_deref(), dup).with_plan(plan.as_deref())
+            },
+        )
     }
 
     /// Every check of SPEC §5 evaluated independently; the decision must report the first
@@ -586,6 +623,13 @@ mod tests {
         }
         if row.duplicate {
             errors.push(RowError::DuplicateInFile);
+        }
+        if row
+            .plan
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.chars().count() > 64 || p.chars().any(char::is_control))
+        {
+            errors.push(RowError::InvalidServicePlan);
         }
         match d {
             None if !c.creates_missing_devices() => errors.push(RowError::DeviceNotFound),

@@ -18,11 +18,11 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, Set, Value,
 };
 
+use super::carrier_calls::LineRow;
 use super::chunk_rows;
 use super::chunk_txn::{ChunkTxn, is_unique_violation, push_copy_text};
 use super::csv_file::FileError;
 use super::rules::{ActionContext, Decision, DeviceView, Effect, RowInput, decide};
-use crate::domain::carrier_line::Operation;
 use crate::domain::{DeviceType, KeyKind};
 use crate::queue::{ChunkJob, ChunkRow};
 use crate::storage::{ObjectStore, StorageError};
@@ -122,7 +122,9 @@ pub async fn apply_chunk(
 
     let inputs: Vec<RowInput> = rows
         .iter()
-        .map(|r| RowInput::new(ctx.key_kind(), &r.uid, r.uid2.as_deref(), r.duplicate))
+        .map(|r| {
+            RowInput::new(ctx.key_kind(), &r.uid, r.uid2.as_deref(), r.duplicate).with_plan(r.plan.as_deref())
+        })
         .collect();
     let keys: Vec<&str> = inputs.iter().filter_map(RowInput::lookup_key).collect();
     let mark = Instant::now();
@@ -283,23 +285,24 @@ async fn attach_sims(txn: &ChunkTxn, attach: &[(i64, &str)], now: DateTime<Utc>)
     Ok(())
 }
 
-/// The rows the rules sent to the carrier: (row number, device, ICCID, IMEI, call).
+/// The rows the rules sent to the carrier.
 fn carrier_intents<'a>(
     rows: &[ChunkRow],
     inputs: &'a [RowInput],
     decisions: &[Decision],
-) -> Vec<(i32, i64, &'a str, Option<&'a str>, Operation)> {
+) -> Vec<LineRow<'a>> {
     rows.iter()
         .zip(inputs)
         .zip(decisions)
         .filter_map(|((row, input), decision)| match decision {
-            Decision::Success(Effect::CarrierCall { device_id, operation }) => Some((
-                row.row_number,
-                *device_id,
-                input.lookup_key()?,
-                input.key2.as_deref(),
-                *operation,
-            )),
+            Decision::Success(Effect::CarrierCall { device_id, operation }) => Some(LineRow {
+                row_number: row.row_number,
+                device_id: *device_id,
+                iccid: input.lookup_key()?,
+                imei: input.key2.as_deref(),
+                service_plan: input.plan.as_deref(),
+                operation: *operation,
+            }),
             _ => None,
         })
         .collect()

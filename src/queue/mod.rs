@@ -87,6 +87,9 @@ pub struct FileRange {
     pub key_column: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key2_column: Option<u32>,
+    /// A line's service plan column (carrier actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_column: Option<u32>,
     /// Rows of the range repeating a (valid) device key of an earlier row of the file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicates: Vec<i32>,
@@ -120,6 +123,9 @@ pub struct ChunkRow {
     /// A smartphone's second IMEI cell, when present and not blank.
     #[serde(rename = "k2", default, skip_serializing_if = "Option::is_none")]
     pub uid2: Option<String>,
+    /// A line's service plan cell (carrier actions), when present and not blank.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// An earlier row of the file has the same (valid) device key.
     #[serde(rename = "d", default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
@@ -349,12 +355,14 @@ mod tests {
                         row_number: 1,
                         uid: "490154203237518".into(),
                         uid2: None,
+                        plan: None,
                         duplicate: false,
                     },
                     ChunkRow {
                         row_number: 2,
                         uid: "490154203237518".into(),
                         uid2: Some("x".into()),
+                        plan: None,
                         duplicate: true,
                     },
                 ],
@@ -383,6 +391,7 @@ mod tests {
                     rows: 2000,
                     key_column: 0,
                     key2_column: None,
+                    plan_column: None,
                     duplicates: vec![6005],
                 },
             },

@@ -329,6 +329,59 @@ on_both_backends! {
         assert_eq!(sim.state(&sims[0]), Some(SimState::Inventory));
     }
 
+    async fn each_call_carries_one_service_plan_and_a_bad_plan_fails_its_row(app: TestApp) {
+        let app = respawn_with(app, quick).await;
+        let sim = CarrierSim::start(sim_config()).await.unwrap();
+        let lines = iccids(12, 6);
+        for l in &lines {
+            sim.seed_device(l, SimState::Inventory);
+        }
+        devices_with_lines(&app, "demo", &lines, Some("INVENTORY")).await;
+        carrier_action(&app, sim.url(), 100, 10, "ACTIVE").await;
+        let plans = ["m2m-5gb", "", "m2m-5gb", "iot-basic", &"x".repeat(65), ""];
+        let mut file = String::from("iccid,servicePlan\n");
+        for (line, plan) in lines.iter().zip(plans) {
+            file.push_str(&format!("{line},{plan}\n"));
+        }
+
+        let id = app
+            .upload_csv(&app.alice(), json!({"assignActionId": "activate-lines", "rowCount": 6}), file)
+            .await;
+        let upload = run_to_end(&app, &id, Duration::from_secs(60)).await;
+
+        assert_eq!(upload["status"], "COMPLETED_WITH_ERRORS", "{upload}");
+        let results = app.results(&id).await;
+        let got: Vec<Option<&str>> = results.iter().map(|r| r.3.as_deref()).collect();
+        assert_eq!(got, [None, None, None, None, Some("INVALID_SERVICE_PLAN"), None]);
+        // One ACTIVATE per plan (and one without): never two plans in one call.
+        let body = app
+            .gql(
+                Some(&app.alice()),
+                "query($id: String!) { upload(tenantId: \"demo\", uploadId: $id) { carrierCalls(first: 100) { edges { node { operation request rowNumbers } } } } }",
+                json!({"id": id}),
+            )
+            .await;
+        let mut activations: Vec<(String, Vec<i64>)> = body["data"]["upload"]["carrierCalls"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["node"])
+            .filter(|n| n["operation"] == "ACTIVATE")
+            .map(|n| {
+                let request = n["request"].as_str().unwrap();
+                let plan = request.split(" on plan ").nth(1).map_or("", |p| p.split(':').next().unwrap());
+                let rows = n["rowNumbers"].as_array().unwrap().iter().map(|r| r.as_i64().unwrap()).collect();
+                (plan.to_owned(), rows)
+            })
+            .collect();
+        activations.sort();
+        assert_eq!(
+            activations,
+            [("".to_owned(), vec![2, 6]), ("iot-basic".to_owned(), vec![4]), ("m2m-5gb".to_owned(), vec![1, 3])]
+        );
+        assert_once(&sim, &[&lines[..4], &lines[5..]].concat());
+    }
+
     async fn lines_not_confirmed_in_time_fail_with_a_verification_timeout(app: TestApp) {
         let app = respawn_with(app, |s| {
             quick(s);

@@ -26,6 +26,7 @@ fn chunk(upload_id: i64, chunk: i32) -> JobPayload {
                 row_number: chunk * 10 + 1,
                 uid: format!("49015420323751{}", chunk % 10),
                 uid2: None,
+                plan: None,
                 duplicate: false,
             }],
         },
@@ -104,7 +105,7 @@ on_both_backends! {
                     chunk: c,
                     rows: ChunkRows::Listed {
                         rows: (0..2000)
-                            .map(|n| ChunkRow { row_number: n, uid: "490154203237518".into(), uid2: None, duplicate: false })
+                            .map(|n| ChunkRow { row_number: n, uid: "490154203237518".into(), uid2: None, plan: None, duplicate: false })
                             .collect(),
                     },
                 })

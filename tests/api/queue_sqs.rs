@@ -56,6 +56,7 @@ fn chunk(upload_id: i64, chunk: i32, rows: i32) -> JobPayload {
                     row_number: n + 1,
                     uid: "490154203237518".into(),
                     uid2: None,
+                    plan: None,
                     duplicate: false,
                 })
                 .collect(),

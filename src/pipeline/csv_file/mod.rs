@@ -50,6 +50,11 @@ fn column_names(kind: KeyKind) -> (&'static [&'static str], Option<&'static str>
     }
 }
 
+/// The optional service plan column of a line's row (carrier actions).
+fn plan_column_name(kind: KeyKind) -> Option<&'static str> {
+    (kind == KeyKind::Iccid).then_some("servicePlan")
+}
+
 fn type_name(kind: KeyKind) -> &'static str {
     match kind {
         KeyKind::Device(DeviceType::Smartphone) => "SMARTPHONE",
@@ -67,6 +72,8 @@ pub struct CsvRow {
     pub uid: String,
     /// A smartphone's second IMEI cell, trimmed; `None` when absent or blank.
     pub uid2: Option<String>,
+    /// A line's service plan cell (carrier actions), trimmed; `None` when absent or blank.
+    pub plan: Option<String>,
 }
 
 /// An uploaded CSV being read row by row from a stream.
@@ -80,6 +87,7 @@ pub struct CsvFile<R> {
     headers: Vec<String>,
     key: usize,
     key2: Option<usize>,
+    plan: Option<usize>,
     /// Data rows read so far, i.e. the number of the last one.
     rows: i32,
     /// Parser offsets (BOM excluded) of the last record read: from where the parser started
@@ -160,11 +168,13 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             .find_map(|name| column(&headers, name))
             .ok_or_else(|| missing_key_column(kind, &headers))?;
         let key2 = second.and_then(|name| column(&headers, name));
+        let plan = plan_column_name(kind).and_then(|name| column(&headers, name));
         Ok(Self {
             csv,
             headers,
             key,
             key2,
+            plan,
             rows: 0,
             span,
             bom: bom > 0,
@@ -184,6 +194,7 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             headers: Vec::new(),
             key,
             key2,
+            plan: None,
             rows: first_row.saturating_sub(1),
             span: (0, 0),
             bom: false,
@@ -201,6 +212,17 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
     /// The device key column and the second IMEI column, as found in the header.
     pub fn key_columns(&self) -> (usize, Option<usize>) {
         (self.key, self.key2)
+    }
+
+    /// The service plan column of a line's file, as found in the header.
+    pub fn plan_column(&self) -> Option<usize> {
+        self.plan
+    }
+
+    /// A resumed read that also reads the service plan column.
+    pub fn with_plan_column(mut self, plan: Option<usize>) -> Self {
+        self.plan = plan;
+        self
     }
 
     /// Whether the file starts with a UTF-8 byte-order mark.
@@ -261,6 +283,7 @@ impl<R: AsyncRead + Unpin + Send> CsvFile<R> {
             row_number,
             uid: cell(self.key).to_owned(),
             uid2: self.key2.map(cell).filter(|c| !c.is_empty()).map(str::to_owned),
+            plan: self.plan.map(cell).filter(|c| !c.is_empty()).map(str::to_owned),
         }
     }
 

@@ -127,6 +127,7 @@ fn row(row_number: i32, uid: &str, uid2: Option<&str>) -> CsvRow {
         row_number,
         uid: uid.to_owned(),
         uid2: uid2.map(str::to_owned),
+        plan: None,
     }
 }
 
@@ -488,13 +489,28 @@ async fn a_carrier_file_needs_an_iccid_column_and_reads_the_imei_beside_it() {
          columns found: \"imei\""
     );
     let file = CsvFile::open(
-        Cursor::new(b"IMEI,ICCID\n490154203237518,89014103211118510720\n".to_vec()),
+        Cursor::new(b"IMEI,ICCID,servicePlan\n490154203237518,89014103211118510720, m2m 5GB \n".to_vec()),
         KeyKind::Iccid,
     )
     .await
     .unwrap();
+    assert_eq!(file.plan_column(), Some(2));
     let rows = read_all(file).await.unwrap();
-    assert_eq!(rows, [row(1, "89014103211118510720", Some("490154203237518"))]);
+    assert_eq!(
+        rows,
+        [CsvRow {
+            plan: Some("m2m 5GB".into()),
+            ..row(1, "89014103211118510720", Some("490154203237518"))
+        }]
+    );
+    // Only a line's file has the column.
+    let file = CsvFile::open(
+        Cursor::new(b"imei,servicePlan\n490154203237518,x\n".to_vec()),
+        DeviceType::Smartphone,
+    )
+    .await
+    .unwrap();
+    assert_eq!(file.plan_column(), None);
 }
 
 #[tokio::test]
@@ -916,6 +932,7 @@ proptest! {
                 row_number: i as i32 + 1,
                 uid: written[file.key].trim().to_owned(),
                 uid2: file.key2.map(|k| written[k].trim().to_owned()).filter(|s| !s.is_empty()),
+                plan: None,
             };
             prop_assert_eq!(row, &expected);
             prop_assert_eq!(record, written);
