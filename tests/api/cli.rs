@@ -320,7 +320,12 @@ pub(crate) async fn in_terminal(tmux: &str, args: &str, dir: &Path) -> (Option<S
     let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let session = format!("fleetload-test-{}-{n}", std::process::id());
     let done = dir.join(format!("exit-code-{n}"));
-    let command = format!("{} {args}; echo $? > {}; sleep 600", bin(), done.display());
+    // Written aside and renamed: the test polls for the file and must never read it half written.
+    let command = format!(
+        "{} {args}; echo $? > {done}.part && mv {done}.part {done}; sleep 600",
+        bin(),
+        done = done.display()
+    );
     let status = tokio::process::Command::new(tmux)
         .args([
             "new-session",
