@@ -3,6 +3,7 @@
 //! that the move is done. Pure; the carrier client and the rules use it.
 
 pub use entity::carrier_status::CarrierStatus;
+use sea_orm::ActiveEnum;
 
 /// The carrier call that makes a move, as in the carrier API's `devices/actions/{…}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -72,27 +73,9 @@ pub fn confirms(target: CarrierStatus, observed: CarrierStatus) -> bool {
     observed == target || (target == CarrierStatus::PendingActivation && observed == CarrierStatus::Active)
 }
 
-/// A status from its name ([`name`]).
-pub fn parse(name_: &str) -> Option<CarrierStatus> {
-    [
-        CarrierStatus::New,
-        CarrierStatus::Inventory,
-        CarrierStatus::PendingActivation,
-        CarrierStatus::Active,
-        CarrierStatus::Deactivated,
-    ]
-    .into_iter()
-    .find(|s| name(*s) == name_)
-}
-
-pub fn name(status: CarrierStatus) -> &'static str {
-    match status {
-        CarrierStatus::New => "NEW",
-        CarrierStatus::Inventory => "INVENTORY",
-        CarrierStatus::PendingActivation => "PENDING_ACTIVATION",
-        CarrierStatus::Active => "ACTIVE",
-        CarrierStatus::Deactivated => "DEACTIVATED",
-    }
+/// A status's name, as stored and as the API writes it: the entity's own value.
+pub fn name(status: CarrierStatus) -> String {
+    status.to_value()
 }
 
 #[cfg(test)]
@@ -135,7 +118,6 @@ mod tests {
         for s in [Inventory, PendingActivation, Active, Deactivated] {
             let wire = name(s).to_ascii_lowercase().replace('_', " ");
             assert_eq!(from_wire(&wire), Some(s));
-            assert_eq!(parse(name(s)), Some(s));
             assert!(confirms(s, s));
         }
         assert!(confirms(PendingActivation, Active));

@@ -211,7 +211,6 @@ const INTENT_COLUMNS: &str = "id, row_number, device_id, iccid, imei, root_tenan
 
 fn intent(row: &sea_orm::QueryResult) -> Result<Intent, DbErr> {
     let op: String = row.try_get("", "operation")?;
-    let target: String = row.try_get("", "target_status")?;
     Ok(Intent {
         id: row.try_get("", "id")?,
         row_number: row.try_get("", "row_number")?,
@@ -221,7 +220,7 @@ fn intent(row: &sea_orm::QueryResult) -> Result<Intent, DbErr> {
         root_tenant_id: row.try_get("", "root_tenant_id")?,
         account_id: row.try_get("", "carrier_account_id")?,
         operation: Operation::parse(&op).ok_or_else(|| DbErr::Type(format!("operation {op}")))?,
-        target: carrier_line::parse(&target).ok_or_else(|| DbErr::Type(format!("status {target}")))?,
+        target: row.try_get("", "target_status")?,
         client_request_id: row.try_get("", "client_request_id")?,
         attempts: row.try_get("", "attempts")?,
         verify_deadline: row.try_get("", "verify_deadline")?,
@@ -798,7 +797,7 @@ impl CarrierExecutor {
                          ip_address = COALESCE($4, ip_address), iccid = $5, updated_at = $6 WHERE id = $1",
                         [
                             intent.device_id.into(),
-                            carrier_line::name(intent.target).into(),
+                            intent.target.into(),
                             line.msisdn.clone().into(),
                             line.ip_address.clone().into(),
                             intent.iccid.clone().into(),
@@ -940,7 +939,7 @@ pub async fn record_intents(
                 root.into(),
                 account.into(),
                 row.operation.as_str().into(),
-                carrier_line::name(target).into(),
+                target.into(),
                 format!("{}-{}", upload.public_id, row.row_number).into(),
                 now.into(),
             ],

@@ -86,7 +86,10 @@ pub fn sim_config() -> SimConfig {
 /// Smartphones of `tenant` with these ICCIDs, at `status` on our side (None: NEW).
 pub async fn devices_with_lines(app: &TestApp, tenant: &str, iccids: &[String], status: Option<&str>) {
     let now = chrono::Utc::now();
-    let status = status.map(|s| fleetload::domain::carrier_line::parse(s).expect("a status"));
+    let status = status.map(|s| {
+        <entity::carrier_status::CarrierStatus as sea_orm::ActiveEnum>::try_from_value(&s.to_owned())
+            .expect("a status")
+    });
     for lines in iccids.chunks(500) {
         let models = lines.iter().map(|iccid| entity::device::ActiveModel {
             tenant_id: Set(tenant.to_owned()),
