@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 use crate::on_both_backends;
+use crate::operability::{Process, free_port, wait_ready};
 use crate::processes::{WorkerProcess, database_url, wait_until_finished};
 
 /// The carrier secret key of these tests' apps and of the worker processes they start, so
@@ -667,42 +668,15 @@ async fn workers_killed_mid_call_and_mid_verification_activate_no_line_twice() {
 async fn the_client_secret_never_appears_in_answers_or_logs() {
     let app = spawn_app_with(Backend::Postgres, quick).await;
     let sim = CarrierSim::start(sim_config()).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let log_path = app.data_dir.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleetload"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FLEETLOAD_")
-            || key.starts_with("AWS_")
-            || key == "DATABASE_URL"
-            || key == "RUST_LOG"
-        {
-            cmd.env_remove(key);
-        }
-    }
     let mut env = carrier_worker_env(&app);
     env.push(("FLEETLOAD_LISTEN", format!("127.0.0.1:{port}")));
     env.push(("RUST_LOG", "debug".into()));
-    cmd.arg("serve")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let mut server = cmd.spawn().unwrap();
+    let server = Process::spawn("serve", &env, &log_path);
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{url}/healthz")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&http, &format!("{url}/healthz"), &server).await;
     let gql = |token: String, query: &'static str, variables: Value| {
         let (http, url) = (http.clone(), url.clone());
         async move {
@@ -787,8 +761,8 @@ async fn the_client_secret_never_appears_in_answers_or_logs() {
         )
         .await,
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    // Stopped (killed and waited for) before its log is read whole.
+    drop(server);
 
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(
