@@ -3,8 +3,6 @@
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, Object, SimpleObject};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use entity::upload;
 
 use super::context::{RequestAuth, db_permit};
@@ -100,23 +98,22 @@ pub async fn carrier_calls(
     .gql()
 }
 
-/// Call cursors are the call's id, opaque and told apart from other lists' cursors.
+/// Call cursors are the call's id.
 fn encode_cursor(id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("k:{id}"))
+    super::cursor::encode("k", id)
 }
 
 fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.strip_prefix("k:").and_then(|n| n.parse().ok()))
+    super::cursor::decode("k", cursor)
         .filter(|n: &i64| *n >= 0)
         .ok_or_else(|| ApiError::BadUserInput("after is not a cursor of these calls".into()))
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]

@@ -4,6 +4,7 @@ mod admin;
 mod carrier_accounts;
 mod carrier_calls;
 mod context;
+mod cursor;
 mod error_codes;
 pub mod limits;
 mod multipart;

@@ -2,8 +2,6 @@
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{Context, Object, SimpleObject};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::context::{RequestAuth, db_permit};
 use super::types::UploadStatus;
@@ -119,16 +117,12 @@ pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     items.saturating_mul(child_complexity).saturating_add(1)
 }
 
-/// Cursors are opaque to clients: base64 of the position they stand for.
+/// Upload cursors are the upload's position in the list.
 pub fn encode_cursor(position: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("c:{position}"))
+    super::cursor::encode("c", position)
 }
 
 pub fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.strip_prefix("c:").and_then(|n| n.parse().ok()))
+    super::cursor::decode("c", cursor)
         .ok_or_else(|| ApiError::BadUserInput("after is not a cursor of this list".into()))
 }

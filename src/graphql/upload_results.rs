@@ -7,8 +7,6 @@ use std::sync::Arc;
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, Object};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use entity::upload;
 use sea_orm::DatabaseConnection;
 
@@ -141,23 +139,22 @@ impl Loader<i64> for RecentErrors {
     }
 }
 
-/// Result cursors are the row number, opaque and told apart from other lists' cursors.
+/// Result cursors are the row number.
 fn encode_cursor(row_number: i32) -> String {
-    URL_SAFE_NO_PAD.encode(format!("r:{row_number}"))
+    super::cursor::encode("r", row_number)
 }
 
 fn decode_cursor(cursor: &str) -> Result<i32, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.strip_prefix("r:").and_then(|n| n.parse().ok()))
+    super::cursor::decode("r", cursor)
         .filter(|n: &i32| *n >= 0)
         .ok_or_else(|| ApiError::BadUserInput("after is not a cursor of these results".into()))
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     #[test]
