@@ -115,12 +115,6 @@ pub fn after_call(
     jitter: f64,
 ) -> AfterCall {
     let exhausted = attempt >= max_attempts;
-    let unavailable = |why: String| {
-        AfterCall::Fail(
-            RowError::CarrierUnavailable,
-            format!("the carrier did not take the call after {attempt} attempts: {why}"),
-        )
-    };
     match answer {
         Ok(DeviceAnswer::Accepted) => AfterCall::Verify,
         Ok(DeviceAnswer::Rejected { code, message }) => {
@@ -129,7 +123,9 @@ pub fn after_call(
         Err(CallError::Refused(status, body)) => {
             AfterCall::Fail(RowError::CarrierRejected, format!("HTTP {status}: {body}"))
         }
-        Err(e) if exhausted => unavailable(e.to_string()),
+        Err(e) if exhausted => {
+            AfterCall::Fail(RowError::CarrierUnavailable, gave_up(attempt, &e.to_string()))
+        }
         Err(CallError::RateLimited { retry_after }) => AfterCall::Retry(
             retry_after
                 .unwrap_or_else(|| backoff(attempt, jitter))
@@ -150,6 +146,45 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(9));
     base.min(Duration::from_secs(60))
         .mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// Why a row ends `CARRIER_UNAVAILABLE` after `attempt` calls, the last one's trouble `why`.
+fn gave_up(attempt: u32, why: &str) -> String {
+    format!("the carrier did not take the call after {attempt} attempts: {why}")
+}
+
+/// What asking the carrier about an UNSURE row says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterCheck {
+    /// The line shows the row's key: the carrier applied the call; verify it.
+    Verify,
+    /// No trace of the row's key: the call was never applied, so sending it now is its
+    /// first application.
+    Resend,
+    /// No trace, and the row has had all its calls.
+    Fail(RowError, String),
+}
+
+/// Whether the carrier applied an UNSURE row's call, from the line as it reports it
+/// (`None`: it does not know the line) and the row's idempotency key.
+pub fn after_check(
+    line: Option<&LineState>,
+    client_request_id: &str,
+    attempt: u32,
+    max_attempts: u32,
+) -> AfterCheck {
+    let ours = line.and_then(|l| l.last_client_request_id.as_deref()) == Some(client_request_id);
+    match (ours, attempt >= max_attempts) {
+        (true, _) => AfterCheck::Verify,
+        (false, false) => AfterCheck::Resend,
+        (false, true) => AfterCheck::Fail(
+            RowError::CarrierUnavailable,
+            gave_up(
+                attempt,
+                "its outcome was not known and the carrier shows no trace of it",
+            ),
+        ),
+    }
 }
 
 /// What a status poll of a VERIFYING row says.
@@ -285,8 +320,8 @@ impl CarrierExecutor {
     pub async fn step(&self) -> Result<bool, CarrierError> {
         self.expire_claims().await?;
         let sent = self.send_batch().await?;
-        let checked = self.check_unsure().await?;
-        let verified = self.verify_due().await?;
+        let checked = self.poll_lines(UNSURE).await?;
+        let verified = self.poll_lines(VERIFYING).await?;
         Ok(sent || checked || verified)
     }
 
@@ -564,14 +599,6 @@ impl CarrierExecutor {
     }
 
     /// Asks the carrier about lines whose call may or may not have been applied.
-    async fn check_unsure(&self) -> Result<bool, CarrierError> {
-        self.poll_lines(UNSURE).await
-    }
-
-    async fn verify_due(&self) -> Result<bool, CarrierError> {
-        self.poll_lines(VERIFYING).await
-    }
-
     /// Polls the due lines of one upload in `state` (UNSURE or VERIFYING): one status call
     /// each, within the account's rate limit.
     async fn poll_lines(&self, state: &'static str) -> Result<bool, CarrierError> {
@@ -613,25 +640,18 @@ impl CarrierExecutor {
             let retry_at = now + backoff(3, rand::random());
             match (state, answer) {
                 (UNSURE, Ok(line)) => {
-                    let ours = line.as_ref().and_then(|l| l.last_client_request_id.as_deref())
-                        == Some(intent.client_request_id.as_str());
-                    if ours {
-                        settled.verify.push(intent.id);
-                    } else if u32::try_from(intent.attempts).unwrap_or(u32::MAX) >= self.settings.max_attempts
-                    {
-                        settled.results.push((
-                            intent.clone(),
-                            Err((
-                                RowError::CarrierUnavailable,
-                                format!(
-                                    "the carrier did not take the call after {} attempts",
-                                    intent.attempts
-                                ),
-                            )),
-                        ));
-                    } else {
-                        // The carrier never applied this row: sending it is its first application.
-                        settled.back.push((intent.id, PENDING, now));
+                    let attempt = u32::try_from(intent.attempts).unwrap_or(u32::MAX);
+                    match after_check(
+                        line.as_ref(),
+                        &intent.client_request_id,
+                        attempt,
+                        self.settings.max_attempts,
+                    ) {
+                        AfterCheck::Verify => settled.verify.push(intent.id),
+                        AfterCheck::Resend => settled.back.push((intent.id, PENDING, now)),
+                        AfterCheck::Fail(code, message) => {
+                            settled.results.push((intent.clone(), Err((code, message))))
+                        }
                     }
                 }
                 (_, Ok(line)) => {
@@ -987,6 +1007,31 @@ mod tests {
         assert!(matches!(
             after_call(&limited, 3, 3, 0.0),
             AfterCall::Fail(RowError::CarrierUnavailable, _)
+        ));
+    }
+
+    #[test]
+    fn an_unsure_row_is_verified_only_when_the_line_shows_its_key_and_resent_otherwise() {
+        let line = |key: Option<&str>| LineState {
+            iccid: "1".into(),
+            state: "active".into(),
+            msisdn: None,
+            ip_address: None,
+            last_client_request_id: key.map(str::to_owned),
+        };
+        assert_eq!(
+            after_check(Some(&line(Some("u-7"))), "u-7", 3, 3),
+            AfterCheck::Verify
+        );
+        assert_eq!(
+            after_check(Some(&line(Some("u-8"))), "u-7", 1, 3),
+            AfterCheck::Resend
+        );
+        assert_eq!(after_check(Some(&line(None)), "u-7", 1, 3), AfterCheck::Resend);
+        assert_eq!(after_check(None, "u-7", 2, 3), AfterCheck::Resend);
+        assert!(matches!(
+            after_check(None, "u-7", 3, 3),
+            AfterCheck::Fail(RowError::CarrierUnavailable, _)
         ));
     }
 
