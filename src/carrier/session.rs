@@ -63,25 +63,28 @@ pub async fn current(
 ) -> Result<Session, SessionError> {
     let backend = db.get_database_backend();
     let key = [login.root_tenant_id.into(), login.account_id.into()];
-    db.execute(stmt(
-        backend,
-        "INSERT INTO carrier_sessions (root_tenant_id, carrier_account_id, generation) VALUES ($1, $2, 0) \
-         ON CONFLICT DO NOTHING",
-        key.clone(),
-    ))
-    .await?;
     let aad = format!("{}/{}/tokens", login.root_tenant_id, login.account_id);
     let deadline = tokio::time::Instant::now() + WAIT_FOR_REFRESH;
     loop {
-        let row = db
+        let found = db
             .query_one(stmt(
                 backend,
                 "SELECT tokens_sealed, expires_at, generation, refreshing_until FROM carrier_sessions \
                  WHERE root_tenant_id = $1 AND carrier_account_id = $2",
                 key.clone(),
             ))
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound("carrier session".into()))?;
+            .await?;
+        let Some(row) = found else {
+            // The account's first call: its row, once (a write only then, not every round).
+            db.execute(stmt(
+                backend,
+                "INSERT INTO carrier_sessions (root_tenant_id, carrier_account_id, generation) VALUES ($1, $2, 0) \
+                 ON CONFLICT DO NOTHING",
+                key.clone(),
+            ))
+            .await?;
+            continue;
+        };
         let sealed: Option<String> = row.try_get("", "tokens_sealed")?;
         let expires_at: Option<DateTime<Utc>> = row.try_get("", "expires_at")?;
         let generation: i64 = row.try_get("", "generation")?;
