@@ -32,7 +32,8 @@ use crate::webhook::Outbox;
 pub mod intent_state {
     /// To be sent when due.
     pub const PENDING: &str = "PENDING";
-    /// Claimed for a call (committed before it); `next_at` is the claim's lease.
+    /// Claimed for a call (committed before it); `next_at` is the claim's lease, after which
+    /// the intent is checked as UNSURE.
     pub const SENDING: &str = "SENDING";
     /// A call whose outcome is not known: ask the carrier before sending again.
     pub const UNSURE: &str = "UNSURE";
@@ -217,6 +218,16 @@ pub fn after_poll(line: Option<LineState>, target: CarrierStatus, past_deadline:
     }
 }
 
+/// The stored states a round in `state` takes its intents from. A SENDING intent that is due
+/// is past its claim's lease: its sender died or lost the answer, so it is checked as UNSURE.
+fn taken_from(state: &str) -> &'static str {
+    match state {
+        UNSURE => "('UNSURE', 'SENDING')",
+        PENDING => "('PENDING')",
+        _ => "('VERIFYING')",
+    }
+}
+
 /// What a round works on: the oldest due intent's upload, operation and service plan.
 struct Due {
     upload_id: i64,
@@ -318,23 +329,10 @@ impl CarrierExecutor {
     /// One round: expired claims made UNSURE, then one batch of each kind of due work.
     /// Whether anything was done.
     pub async fn step(&self) -> Result<bool, CarrierError> {
-        self.expire_claims().await?;
         let sent = self.send_batch().await?;
         let checked = self.poll_lines(UNSURE).await?;
         let verified = self.poll_lines(VERIFYING).await?;
         Ok(sent || checked || verified)
-    }
-
-    async fn expire_claims(&self) -> Result<(), DbErr> {
-        let now = Utc::now();
-        self.db
-            .execute(stmt(
-                self.db.get_database_backend(),
-                "UPDATE carrier_intents SET state = 'UNSURE', updated_at = $1 WHERE state = 'SENDING' AND next_at < $1",
-                [now.into()],
-            ))
-            .await?;
-        Ok(())
     }
 
     /// The oldest due intent in `state` of an upload still processing: which upload,
@@ -344,10 +342,14 @@ impl CarrierExecutor {
             .db
             .query_one(stmt(
                 self.db.get_database_backend(),
-                "SELECT i.upload_id, i.operation, i.service_plan FROM carrier_intents i \
-                 JOIN uploads u ON u.id = i.upload_id \
-                 WHERE i.state = $1 AND i.next_at <= $2 AND u.status = 'PROCESSING' ORDER BY i.next_at LIMIT 1",
-                [state.into(), Utc::now().into()],
+                &format!(
+                    "SELECT i.upload_id, i.operation, i.service_plan FROM carrier_intents i \
+                     JOIN uploads u ON u.id = i.upload_id \
+                     WHERE i.state IN {} AND i.next_at <= $1 AND u.status = 'PROCESSING' \
+                     ORDER BY i.next_at LIMIT 1",
+                    taken_from(state)
+                ),
+                [Utc::now().into()],
             ))
             .await?;
         row.map(|r| {
@@ -371,36 +373,32 @@ impl CarrierExecutor {
         } else {
             ""
         };
+        let mut values: Vec<sea_orm::Value> = vec![
+            to.into(),
+            (now + self.settings.lease()).into(),
+            now.into(),
+            due.upload_id.into(),
+            due.operation.clone().into(),
+            i64::from(limit).into(),
+        ];
         let (count, same_plan) = match (to == SENDING, backend) {
-            (false, _) => ("attempts", "CAST($8 AS TEXT) IS NULL OR TRUE"),
-            (true, DbBackend::Postgres) => ("attempts + 1", "service_plan IS NOT DISTINCT FROM $8"),
-            (true, _) => ("attempts + 1", "service_plan IS $8"),
+            (false, _) => ("attempts", ""),
+            (true, DbBackend::Postgres) => ("attempts + 1", "AND service_plan IS NOT DISTINCT FROM $7"),
+            (true, _) => ("attempts + 1", "AND service_plan IS $7"),
         };
+        if to == SENDING {
+            values.push(due.service_plan.clone().into());
+        }
+        let taken = taken_from(from);
         // The pick is materialized: as a plain `IN (subquery)`, PostgreSQL may scan it again
         // per row, and with SKIP LOCKED each scan picks other rows, so the LIMIT would not hold.
         let sql = format!(
-            "WITH picked AS MATERIALIZED (SELECT id FROM carrier_intents WHERE upload_id = $5 AND operation = $6 \
-             AND state = $4 AND next_at <= $3 AND ({same_plan}) ORDER BY id LIMIT $7 {lock}) \
+            "WITH picked AS MATERIALIZED (SELECT id FROM carrier_intents WHERE upload_id = $4 AND operation = $5 \
+             AND state IN {taken} AND next_at <= $3 {same_plan} ORDER BY id LIMIT $6 {lock}) \
              UPDATE carrier_intents SET state = $1, next_at = $2, attempts = {count}, updated_at = $3 \
-             WHERE state = $4 AND id IN (SELECT id FROM picked) RETURNING {INTENT_COLUMNS}"
+             WHERE state IN {taken} AND id IN (SELECT id FROM picked) RETURNING {INTENT_COLUMNS}"
         );
-        let rows = self
-            .db
-            .query_all(stmt(
-                backend,
-                &sql,
-                [
-                    to.into(),
-                    (now + self.settings.lease()).into(),
-                    now.into(),
-                    from.into(),
-                    due.upload_id.into(),
-                    due.operation.clone().into(),
-                    i64::from(limit).into(),
-                    due.service_plan.clone().into(),
-                ],
-            ))
-            .await?;
+        let rows = self.db.query_all(stmt(backend, &sql, values)).await?;
         let mut claimed = rows.iter().map(intent).collect::<Result<Vec<_>, _>>()?;
         claimed.sort_by_key(|i| i.id);
         Ok(claimed)
@@ -590,9 +588,11 @@ impl CarrierExecutor {
             .query_one(stmt(
                 self.db.get_database_backend(),
                 &format!(
-                    "SELECT {INTENT_COLUMNS} FROM carrier_intents WHERE upload_id = $1 AND operation = $2 AND state = $3 LIMIT 1"
+                    "SELECT {INTENT_COLUMNS} FROM carrier_intents WHERE upload_id = $1 AND operation = $2 \
+                     AND state IN {} LIMIT 1",
+                    taken_from(state)
                 ),
-                [upload_id.into(), operation.into(), state.into()],
+                [upload_id.into(), operation.into()],
             ))
             .await?;
         row.as_ref().map(intent).transpose()
